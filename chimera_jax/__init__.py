@@ -1,0 +1,1 @@
+"""chimera_jax: dense, MoE and time-indexed language models in JAX / Equinox."""

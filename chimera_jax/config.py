@@ -1,0 +1,192 @@
+"""Run configuration: one dataclass per concern, loaded from YAML with dotted CLI overrides.
+
+Parsing is done by ``draccus`` (the config library Levanter uses): unknown keys and wrongly typed
+values fail at start-up with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import draccus
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class MoEConfig:
+    """Mixture-of-Experts FFN (see chimera_jax/models/moe.py). Off: the model is exactly dense."""
+
+    enabled: bool = False
+    num_experts: int = 8
+    top_k: int = 2
+    every: int = 1  # every n-th layer's FFN is an MoE (the last layer of each group of n)
+    d_ff: int | None = None  # per-expert hidden size; None -> model.d_ff
+    dispatch: Literal["dense", "capacity", "dropless"] = "dropless"
+    capacity_factor: float = 1.25
+    gate: Literal["softmax_topk", "topk_softmax"] = "softmax_topk"
+    noisy: bool = False  # Shazeer noisy top-k (learned, input-dependent noise), training only
+    jitter: float = 0.0  # multiplicative router-input jitter, training only
+    balance_loss_weight: float = 0.01
+    z_loss_weight: float = 1e-3
+    bias: bool = False
+
+
+@dataclass
+class SSMConfig:
+    """Diagonal selective state-space token mixer (see chimera_jax/models/ssm.py)."""
+
+    state_size: int = 16
+    expand: int = 2
+    dt_rank: int | None = None  # None -> ceil(d_model / 16)
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    scan: Literal["associative", "sequential"] = "associative"
+
+
+@dataclass
+class TimeConfig:
+    """Time-indexed parameter sharing across depth (see chimera_jax/models/time_indexed.py)."""
+
+    enabled: bool = False
+    emb_dim: int = 64  # sinusoidal embedding size of the scalar t
+    hidden: int = 64  # width of the modulation network g_phi
+    gate: Literal["out", "in_out", "lowrank", "full"] = "out"
+    rank: int = 4  # for gate == "lowrank"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int | None = None  # None -> the tokenizer's vocabulary size
+    max_seq_len: int | None = None  # None -> data.seq_len (learned positions need it)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None -> n_heads (grouped-query attention when smaller)
+    d_ff: int | None = None  # None -> 4 * d_model (gelu) or the 8/3 rule rounded to 64 (swiglu)
+    positions: Literal["learned", "sinusoidal", "rope", "none"] = "sinusoidal"
+    rope_theta: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    ffn: Literal["gelu", "swiglu"] = "gelu"
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    mixer: Literal["attention", "ssm"] = "attention"
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    ssm: SSMConfig = field(default_factory=SSMConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
+
+    def resolved_d_ff(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.ffn == "swiglu":
+            return 64 * -(-int(8 * self.d_model / 3) // 64)
+        return 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "bbc_news"  # see chimera_jax/data.py for the names
+    tokenizer: Literal["gpt2", "byte"] = "byte"
+    seq_len: int = 128
+    data_dir: str | None = None  # local copy of a hub corpus; else $CHIMERA_DATA_DIR, ../shared/data
+    cache_dir: str | None = None  # token cache; else $CHIMERA_CACHE or ~/.cache/chimera_jax
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # applied to matrices only
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global norm; <= 0 disables
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1  # micro-batches per step; batch_size is per micro-batch
+    seed: int = 0
+    precision: Literal["f32", "bf16"] = "f32"  # bf16: bf16 compute, f32 parameters and optimizer
+    log_every: int = 10
+    eval_every: int = 500
+    eval_batches: int = 16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    run_dir: str | None = None  # None -> checkpoints/<name>
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "dense"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.train.run_dir or (Path("checkpoints") / self.name))
+
+
+def preset_path(name: str) -> Path:
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise SystemExit(f"unknown model preset {name!r}: no {path}. Known presets: {known}")
+    return path
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, list[str]]:
+    """Parse ``[--model NAME | --config FILE] [--a.b value ...]`` into a RunConfig.
+
+    Returns the config and the flags draccus did not own (``--resume``) so scripts can add their own.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_path: Path | None = None
+    extra: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--model", "--config") and i + 1 < len(args):
+            config_path = preset_path(args[i + 1]) if arg == "--model" else Path(args[i + 1])
+            i += 2
+        elif arg == "--resume":
+            extra.append(arg)
+            i += 1
+        else:
+            rest.append(arg)
+            i += 1
+    if config_path is not None and not config_path.exists():
+        raise SystemExit(f"config file not found: {config_path}")
+    cfg = draccus.parse(RunConfig, config_path=config_path, args=rest)
+    return cfg, extra
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    return draccus.parse(RunConfig, config_path=Path(path), args=list(overrides))
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return draccus.dump(cfg)
+
+
+def from_yaml(text: str) -> RunConfig:
+    import io
+
+    return draccus.load(RunConfig, io.StringIO(text))
+
+
+def replace(cfg, **changes):
+    return dataclasses.replace(cfg, **changes)
