@@ -1,0 +1,50 @@
+"""Perplexity and bits per byte of a model over a token stream, under an explicit window protocol."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from chimera_jax.eval.windows import num_batches, window_batches
+from chimera_jax.train.step import token_nll
+
+
+def summarize(total_nll: float, n_tokens: int, n_bytes: int | None, protocol: dict) -> dict:
+    """The one place a loss sum becomes reported figures (the bridge uses it too)."""
+    loss = total_nll / n_tokens
+    return {
+        "tokens_scored": int(n_tokens),
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": total_nll / math.log(2) / n_bytes if n_bytes else None,
+        "bytes_scored": int(n_bytes) if n_bytes else None,
+        "protocol": protocol,
+    }
+
+
+@eqx.filter_jit
+def _batch_nll(model, inputs, targets, weights):
+    logits, _ = model(inputs, inference=True)
+    return jnp.sum(token_nll(logits, targets) * weights)
+
+
+def evaluate(model, tokens: np.ndarray, *, seq_len: int, stride: int | None = None, batch_size: int = 8,
+             token_bytes: np.ndarray | None = None, max_windows: int | None = None, progress: bool = False,
+             tokenizer: str = "?") -> dict:
+    """Mean loss over every target the windows score; ``token_bytes[id]`` (UTF-8 length) gives bits/byte."""
+    stride = stride or seq_len
+    total, count, n_bytes = 0.0, 0, 0
+    batches = window_batches(tokens, seq_len, stride, batch_size, max_windows)
+    n = num_batches(len(tokens), seq_len, stride, batch_size, max_windows)
+    for inputs, targets, weights in tqdm(batches, total=n, disable=not progress, desc="eval", leave=False):
+        total += float(_batch_nll(model, inputs, targets, weights))
+        count += int(weights.sum())
+        if token_bytes is not None:
+            n_bytes += int((token_bytes[targets] * weights).sum())
+    protocol = {"tokenizer": tokenizer, "seq_len": seq_len, "stride": stride, "max_windows": max_windows,
+                "normalisation": "mean nats per scored target token; bits/byte = total nats / ln2 / UTF-8 bytes"}
+    return summarize(total, count, n_bytes or None, protocol)

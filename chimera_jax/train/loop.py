@@ -1,0 +1,127 @@
+"""The training loop: batches -> jitted step -> logging, validation and Orbax checkpoints; resumable."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from chimera_jax import data
+from chimera_jax.config import RunConfig, to_yaml
+from chimera_jax.eval.perplexity import evaluate
+from chimera_jax.models.params import format_report, param_report
+from chimera_jax.models.registry import resolve_config
+from chimera_jax.tokenizer import get_tokenizer
+from chimera_jax.train.checkpoint import Checkpointer
+from chimera_jax.train.metrics import MetricsLogger
+from chimera_jax.train.optimizer import lr_schedule, make_optimizer
+from chimera_jax.train.state import init_state
+from chimera_jax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def validate(model, cfg: RunConfig, tokens: np.ndarray, token_bytes: np.ndarray | None = None) -> dict:
+    """The loop's validation: the first ``eval_batches * batch_size`` non-overlapping windows."""
+    return evaluate(model, tokens, seq_len=cfg.data.seq_len, stride=cfg.data.seq_len,
+                    batch_size=cfg.train.batch_size, max_windows=cfg.train.eval_batches * cfg.train.batch_size,
+                    token_bytes=token_bytes, tokenizer=cfg.data.tokenizer)
+
+
+def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
+    """Train ``cfg`` in ``cfg.run_dir``, continuing from its newest checkpoint if there is one."""
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    cfg = resolve_config(cfg, tokenizer.vocab_size)
+    tc = cfg.train
+    # Everything that can be wrong with the data is found before any compile.
+    train_tokens = data.load_tokens(cfg.data, "train")
+    val_tokens = data.load_tokens(cfg.data, "validation")
+    data.check_split_length(train_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/train")
+    data.check_split_length(val_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/validation")
+    token_bytes = tokenizer.token_byte_lengths()
+
+    optimizer = make_optimizer(cfg.optim, tc.steps)
+    schedule = lr_schedule(cfg.optim, tc.steps)
+    state = init_state(cfg, optimizer)
+    ckpt = Checkpointer(cfg.run_dir, keep=tc.keep_checkpoints)
+    if ckpt.steps():
+        state, meta = ckpt.restore(state, cfg)
+        log.info("resumed from %s at step %d", ckpt.directory, meta["step"])
+    start = int(state.step)
+    report = param_report(state.model)
+    log.info("%s\n%s", cfg.name, format_report(report))
+    logger = MetricsLogger(cfg.run_dir, resume_step=start)
+    (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces)
+
+    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
+    summary: dict = {"name": cfg.name, "params": report["total"], "active_params": report["active"]}
+    val: dict = {}
+    bar = tqdm(total=tc.steps, initial=start, disable=not tc.progress, desc=cfg.name, dynamic_ncols=True)
+    t_last, steps_since, compile_s, train_time = time.perf_counter(), 0, None, 0.0
+    try:
+        for step in range(start, tc.steps):
+            inputs, targets = data.get_batch(train_tokens, cfg.data.seq_len, tc.batch_size * tc.grad_accum,
+                                             tc.seed, step)
+            t0 = time.perf_counter()
+            new_state, metrics = step_fn(state, inputs, targets)
+            loss = float(metrics["loss"])  # also waits for the step, so timings are honest
+            dt = time.perf_counter() - t0
+            if compile_s is None:
+                compile_s = dt
+            else:
+                train_time += dt
+            if not math.isfinite(loss):
+                ckpt.save(state, cfg)
+                raise NonFiniteLoss(f"non-finite loss ({loss}) at step {step + 1}; the last good state "
+                                    f"(step {int(state.step)}) is saved in {ckpt.directory}")
+            state = new_state
+            done = step + 1
+            steps_since += 1
+            bar.update(1)
+            if done % tc.log_every == 0 or done == tc.steps:
+                now = time.perf_counter()
+                tok_s = tokens_per_step * steps_since / (now - t_last)
+                t_last, steps_since = now, 0
+                scalars = logger.log(done, {**jax.device_get(metrics), "tokens_per_s": tok_s})
+                bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+            if done % tc.eval_every == 0 or done == tc.steps:
+                val = validate(state.model, cfg, val_tokens, token_bytes)
+                logger.log(done, {k: val[k] for k in ("loss", "perplexity", "bits_per_byte") if val[k] is not None},
+                           split="validation")
+                bar.write(f"step {done}: val loss {val['loss']:.4f}  ppl {val['perplexity']:.2f}  "
+                          f"bpb {val['bits_per_byte']:.4f}")
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                ckpt.save(state, cfg)
+    finally:
+        bar.close()
+        logger.close()
+        ckpt.close()
+    timed_steps = tc.steps - start - 1
+    summary.update({
+        "steps": tc.steps, "final_train_loss": loss if tc.steps > start else None,
+        "val_loss": val.get("loss"), "val_perplexity": val.get("perplexity"),
+        "val_bits_per_byte": val.get("bits_per_byte"), "compile_s": compile_s,
+        "ms_per_step": 1000 * train_time / timed_steps if timed_steps > 0 else None,
+        "tokens_per_s": tokens_per_step * timed_steps / train_time if timed_steps > 0 and train_time else None,
+        "run_dir": str(cfg.run_dir),
+    })
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    def f(v, spec):
+        return "n/a" if v is None else format(v, spec)
+
+    return (f"done {s['name']}: {s['steps']} steps | params {s['params']:,} (active {s['active_params']:,}) | "
+            f"val loss {f(s['val_loss'], '.4f')} ppl {f(s['val_perplexity'], '.2f')} "
+            f"bpb {f(s['val_bits_per_byte'], '.4f')} | {f(s['tokens_per_s'], ',.0f')} tok/s, "
+            f"{f(s['ms_per_step'], '.1f')} ms/step, compile {f(s['compile_s'], '.1f')} s | {s['run_dir']}")

@@ -1,0 +1,74 @@
+"""The jitted train step: (state, batch) -> (new state, metrics), compiled once."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from chimera_jax.config import RunConfig
+from chimera_jax.models.registry import cast_floating
+from chimera_jax.train.state import TrainerState
+
+
+def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-token negative log-likelihood in nats, computed in f32 (shared by training and evaluation)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def aux_loss_total(aux: dict) -> jax.Array:
+    """Sum of the per-layer auxiliary losses blocks report as ``aux_loss`` (already weighted)."""
+    return jnp.sum(aux["aux_loss"]) if "aux_loss" in aux else jnp.zeros(())
+
+
+def loss_fn(model, inputs, targets, key, compute_dtype):
+    logits, aux = cast_floating(model, compute_dtype)(inputs, key=key, inference=False)
+    ce = token_nll(logits, targets).mean()
+    return ce + aux_loss_total(aux), (ce, aux)
+
+
+def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    max_traces: int | None = None) -> Callable:
+    """Build ``train_step(state, inputs, targets)``; inputs are ``[grad_accum * batch, T]``.
+
+    ``max_traces`` wraps the step in ``eqx.debug.assert_max_traces`` (tests prove it compiles once).
+    """
+    compute_dtype = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
+    accum = cfg.train.grad_accum
+    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainerState, inputs: jax.Array, targets: jax.Array):
+        key = jax.random.fold_in(state.key, state.step)
+        micro_inputs = inputs.reshape(accum, -1, inputs.shape[-1])
+        micro_targets = targets.reshape(accum, -1, targets.shape[-1])
+
+        def micro(i):
+            (loss, (ce, aux)), grads = grad_fn(state.model, micro_inputs[i], micro_targets[i],
+                                                jax.random.fold_in(key, i), compute_dtype)
+            return grads, {"loss": loss, "ce": ce, "aux": aux}
+
+        if accum == 1:
+            grads, metrics = micro(0)
+        else:
+            # Average gradients and metrics over micro-batches with a scan: one compiled body.
+            def body(carry, i):
+                g, m = micro(i)
+                return jax.tree_util.tree_map(jnp.add, carry, (g, m)), None
+
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), eqx.filter_eval_shape(micro, 0))
+            total, _ = jax.lax.scan(body, zeros, jnp.arange(accum))
+            grads, metrics = jax.tree_util.tree_map(lambda x: x / accum, total)
+        params = eqx.filter(state.model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        model = eqx.apply_updates(state.model, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["lr"] = schedule(state.step)
+        new_state = TrainerState(model=model, opt_state=opt_state, step=state.step + 1, key=state.key)
+        return new_state, metrics
+
+    if max_traces is not None:
+        step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
+    return eqx.filter_jit(step)
