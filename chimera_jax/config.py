@@ -45,7 +45,8 @@ class SSMConfig:
     dt_rank: int | None = None  # None -> ceil(d_model / 16)
     dt_min: float = 1e-3
     dt_max: float = 1e-1
-    scan: Literal["associative", "sequential"] = "associative"
+    conv_kernel: int = 4  # causal depthwise convolution before the scan (Mamba); 1 = pointwise
+    scan: Literal["associative", "sequential"] = "associative"  # parallel, or the sequential reference
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TimeConfig:
     hidden: int = 64  # width of the modulation network g_phi
     gate: Literal["out", "in_out", "lowrank", "full"] = "out"
     rank: int = 4  # for gate == "lowrank"
+    gate_init: float = 0.5  # every gate's value at initialisation, in (0, 1)
 
 
 @dataclass

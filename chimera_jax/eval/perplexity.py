@@ -13,6 +13,17 @@ from chimera_jax.eval.windows import num_batches, window_batches
 from chimera_jax.train.step import token_nll
 
 
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 length of every token id: bytes scored = sum over scored targets (bits/byte's denominator).
+
+    GPT-2's ``<|endoftext|>`` separators between documents count as their 13 characters.
+    """
+    if tokenizer.name == "byte":
+        return np.ones(256, np.int64)
+    encoding = tokenizer.encoding
+    return np.array([len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)], np.int64)
+
+
 def summarize(total_nll: float, n_tokens: int, n_bytes: int | None, protocol: dict) -> dict:
     """The one place a loss sum becomes reported figures (the bridge uses it too)."""
     loss = total_nll / n_tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import equinox as eqx
@@ -25,8 +26,13 @@ def _component(path) -> str:
     return "stack_other"
 
 
+def is_param(x) -> bool:
+    """Arrays, and the ShapeDtypeStructs of a model built with ``eqx.filter_eval_shape`` (counted unallocated)."""
+    return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
 def count_params(tree) -> int:
-    return sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array)))
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(eqx.filter(tree, is_param)))
 
 
 def inactive_params(model) -> int:
@@ -39,9 +45,9 @@ def inactive_params(model) -> int:
 def param_report(model) -> dict:
     """``{"total": n, "active": n, "by_component": {name: n}}``; counts include every stacked layer."""
     by_component: dict[str, int] = defaultdict(int)
-    leaves, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_array))
+    leaves, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(model, is_param))
     for path, leaf in leaves:
-        by_component[_component(path)] += leaf.size
+        by_component[_component(path)] += math.prod(leaf.shape)
     total = sum(by_component.values())
     return {"total": total, "active": total - inactive_params(model), "by_component": dict(by_component)}
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from chimera_jax import data
 from chimera_jax.config import RunConfig, to_yaml
-from chimera_jax.eval.perplexity import evaluate
+from chimera_jax.eval.perplexity import evaluate, token_byte_lengths
 from chimera_jax.models.params import format_report, param_report
 from chimera_jax.models.registry import resolve_config
 from chimera_jax.tokenizer import get_tokenizer
@@ -46,7 +46,7 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
     val_tokens = data.load_tokens(cfg.data, "validation")
     data.check_split_length(train_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/train")
     data.check_split_length(val_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/validation")
-    token_bytes = tokenizer.token_byte_lengths()
+    token_bytes = token_byte_lengths(tokenizer)
 
     optimizer = make_optimizer(cfg.optim, tc.steps)
     schedule = lr_schedule(cfg.optim, tc.steps)

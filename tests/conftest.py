@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny run configs built through the real YAML + dotted-override path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from chimera_jax.config import RunConfig, load_config  # noqa: E402
+
+TINY_YAML = """
+name: tiny
+model: {d_model: 32, n_layers: 2, n_heads: 2}
+data: {corpus: bbc_news, tokenizer: byte, seq_len: 32}
+optim: {lr: 3.0e-3, warmup_steps: 5}
+train: {steps: 20, batch_size: 4, log_every: 1, eval_every: 10, eval_batches: 2, checkpoint_every: 10,
+        progress: false}
+"""
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory) -> Path:
+    """One token cache per test session: each corpus is tokenized once."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, token_cache):
+    """``tiny_config("--train.steps", "5", ...)`` -> a RunConfig whose run_dir is in tmp_path."""
+
+    def make(*overrides: str, run_dir: Path | None = None) -> RunConfig:
+        path = tmp_path / "tiny.yaml"
+        path.write_text(TINY_YAML)
+        args = ["--data.cache_dir", str(token_cache), "--train.run_dir", str(run_dir or tmp_path / "run"),
+                *overrides]
+        return load_config(path, args)
+
+    return make

