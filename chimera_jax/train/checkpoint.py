@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import orbax.checkpoint as ocp
 
 from chimera_jax.config import RunConfig, from_yaml, to_yaml
+from chimera_jax.models.params import is_param
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class Checkpointer:
 
     def save(self, state, cfg: RunConfig, extra: dict | None = None) -> int:
         step = int(state.step)
+        if step in self.manager.all_steps():  # e.g. a resumed run failing at once: that state is saved
+            return step
         meta = {"step": step, "data_step": step, "config": to_yaml(cfg), **(extra or {})}
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(eqx.filter(state, eqx.is_array)), meta=ocp.args.JsonSave(meta)), force=True)
@@ -59,7 +61,7 @@ class Checkpointer:
         candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
         if not candidates:
             raise CheckpointError(f"no checkpoints in {self.directory}")
-        abstract = eqx.filter(skeleton, eqx.is_array)
+        abstract = eqx.filter(skeleton, is_param)  # concrete or eval_shape skeletons
         for s in candidates:
             try:
                 meta = self.read_meta(s)
@@ -118,20 +120,15 @@ def load_run_config(run_dir: str | Path, step: int | None = None) -> RunConfig:
 
 def load_model(run_dir: str | Path, step: int | None = None):
     """``(model, cfg)`` from a run directory: the config comes from the checkpoint itself."""
-    from chimera_jax.models.registry import build_model
+    from chimera_jax.train.optimizer import make_optimizer
+    from chimera_jax.train.state import init_state
 
     cfg = load_run_config(run_dir, step)
-    skeleton = eqx.filter_eval_shape(build_model, cfg.model, jax.random.PRNGKey(0))
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    skeleton = eqx.filter_eval_shape(init_state, cfg, optimizer)
     ckpt = Checkpointer(run_dir, keep=None)
     try:
-        steps = [step] if step is not None else sorted(ckpt.steps(), reverse=True)
-        for s in steps:
-            try:
-                restored = ckpt.manager.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(item={"model": eqx.filter(skeleton, eqx.is_array)}, partial_restore=True)))
-                return eqx.combine(restored["state"]["model"], skeleton), cfg
-            except Exception as err:  # noqa: BLE001
-                log.warning("checkpoint %d in %s unreadable (%s); trying an older one", s, ckpt.directory, err)
-        raise CheckpointError(f"no readable checkpoint in {ckpt.directory}")
+        state, _ = ckpt.restore(skeleton, cfg, step)
     finally:
         ckpt.close()
+    return state.model, cfg

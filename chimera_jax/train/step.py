@@ -64,7 +64,7 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
         params = eqx.filter(state.model, eqx.is_inexact_array)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         model = eqx.apply_updates(state.model, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = schedule(state.step)
         new_state = TrainerState(model=model, opt_state=opt_state, step=state.step + 1, key=state.key)
         return new_state, metrics

@@ -1,0 +1,87 @@
+"""Checkpoints: exact resume after SIGKILL, corrupt newest skipped, config mismatch explained."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chimera_jax.config import to_yaml
+from chimera_jax.models.registry import resolve_config
+from chimera_jax.train.checkpoint import CheckpointError, Checkpointer, load_model
+from chimera_jax.train.loop import train
+from chimera_jax.train.metrics import read_metrics
+from chimera_jax.train.optimizer import make_optimizer
+from chimera_jax.train.state import init_state
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _losses(run_dir) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir, "train")}
+
+
+def test_sigkill_and_resume_reproduces_uninterrupted_losses(tiny_config, tmp_path):
+    steps = ["--train.steps", "60", "--train.eval_every", "30"]
+    reference = tiny_config(*steps, run_dir=tmp_path / "reference")
+    train(reference)
+
+    killed = tiny_config(*steps, run_dir=tmp_path / "killed")
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(to_yaml(killed))
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config_file)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed.run_dir / "checkpoints" / "20").exists():  # orbax renames a finished checkpoint into place
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert max(_losses(killed.run_dir)) < 60, "the run was killed after it finished"
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _losses(killed.run_dir) == _losses(reference.run_dir)
+
+
+@pytest.fixture
+def two_checkpoints(tiny_config):
+    cfg = tiny_config("--train.steps", "20")
+    train(cfg)
+    return cfg
+
+
+def _skeleton(cfg):
+    cfg = resolve_config(cfg, 256)
+    return cfg, init_state(cfg, make_optimizer(cfg.optim, cfg.train.steps))
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_warning(two_checkpoints, caplog):
+    cfg, skeleton = _skeleton(two_checkpoints)
+    for f in (cfg.run_dir / "checkpoints" / "20" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        state, meta = Checkpointer(cfg.run_dir).restore(skeleton, cfg)
+    assert meta["step"] == 10 and int(state.step) == 10
+    assert "checkpoint 20" in caplog.text
+
+
+def test_model_config_mismatch_is_named(two_checkpoints):
+    cfg, _ = _skeleton(two_checkpoints)
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=64))
+    _, skeleton = _skeleton(other)
+    with pytest.raises(CheckpointError, match="model.d_model: checkpoint 32 vs config 64"):
+        Checkpointer(cfg.run_dir).restore(skeleton, other)
+
+
+def test_load_model_takes_config_from_checkpoint(two_checkpoints):
+    model, cfg = load_model(two_checkpoints.run_dir)
+    assert cfg.model.d_model == 32 and model.embed.weight.shape == (256, 32)

@@ -1,0 +1,98 @@
+"""Training: the step compiles once, loss falls, accumulation and bf16 behave, NaNs stop the run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chimera_jax import data
+from chimera_jax.models.registry import resolve_config
+from chimera_jax.train import step as step_module
+from chimera_jax.train.checkpoint import Checkpointer
+from chimera_jax.train.loop import NonFiniteLoss, train
+from chimera_jax.train.metrics import read_metrics
+from chimera_jax.train.optimizer import decay_mask, lr_schedule, make_optimizer
+from chimera_jax.train.state import init_state
+from chimera_jax.train.step import make_train_step
+
+
+def _setup(cfg):
+    cfg = resolve_config(cfg, 256)
+    opt = make_optimizer(cfg.optim, cfg.train.steps)
+    return cfg, opt, init_state(cfg, opt)
+
+
+def _batch(cfg, step, batch_size=None):
+    tokens = data.load_tokens(cfg.data, "train")
+    return data.get_batch(tokens, cfg.data.seq_len, batch_size or cfg.train.batch_size, cfg.train.seed, step)
+
+
+def test_step_compiles_once_and_loss_falls(tiny_config):
+    cfg, opt, state = _setup(tiny_config("--train.steps", "40"))
+    step = make_train_step(cfg, opt, lr_schedule(cfg.optim, 40), max_traces=1)
+    losses = []
+    for i in range(40):
+        state, metrics = step(state, *_batch(cfg, i))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 40
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+
+
+def test_grad_accumulation_equals_one_big_batch(tiny_config):
+    cfg, opt, state = _setup(tiny_config("--train.batch_size", "4"))
+    inputs, targets = _batch(cfg, 0)
+    big, _ = make_train_step(cfg, opt, lr_schedule(cfg.optim, 20))(state, inputs, targets)
+    cfg2 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2, grad_accum=2))
+    accum, _ = make_train_step(cfg2, opt, lr_schedule(cfg.optim, 20))(state, inputs, targets)
+    for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(big.model, eqx.is_array)),
+                    jax.tree_util.tree_leaves(eqx.filter(accum.model, eqx.is_array))):
+        np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_bf16_compute_keeps_f32_parameters(tiny_config):
+    cfg, opt, state = _setup(tiny_config("--train.precision", "bf16"))
+    new_state, metrics = make_train_step(cfg, opt, lr_schedule(cfg.optim, 20))(state, *_batch(cfg, 0))
+    assert np.isfinite(float(metrics["loss"]))
+    assert {x.dtype for x in jax.tree_util.tree_leaves(eqx.filter(new_state.model, eqx.is_inexact_array))} == {
+        jnp.dtype(jnp.float32)}
+
+
+def test_weight_decay_only_on_matrices(tiny_config):
+    cfg, _, state = _setup(tiny_config())
+    mask = decay_mask(eqx.filter(state.model, eqx.is_inexact_array))
+    stacked = mask.stack.groups[0]
+    assert stacked.mixer.w_q.weight and stacked.ffn.w_in.weight and mask.embed.weight
+    assert not stacked.mixer.w_q.bias and not stacked.norm_mixer.scale and not mask.final_norm.scale
+
+
+def test_train_loop_writes_metrics_and_checkpoints(tiny_config):
+    cfg = tiny_config("--train.steps", "20")
+    summary = train(cfg, max_traces=1)
+    assert Checkpointer(cfg.run_dir).steps() == [10, 20]
+    val = read_metrics(cfg.run_dir, "validation")
+    assert [m["step"] for m in val] == [10, 20]
+    assert val[-1]["loss"] == pytest.approx(summary["val_loss"])
+    assert val[-1]["perplexity"] == pytest.approx(np.exp(val[-1]["loss"]))
+    assert (cfg.run_dir / "tb").is_dir() and (cfg.run_dir / "config.yaml").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, monkeypatch):
+    cfg = tiny_config("--train.steps", "4", "--train.checkpoint_every", "2")
+    train(cfg)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
+    monkeypatch.setattr(step_module, "token_nll", lambda logits, targets: jnp.full(targets.shape, jnp.nan))
+    with pytest.raises(NonFiniteLoss, match="step 5"):
+        train(longer)
+    assert max(Checkpointer(cfg.run_dir).steps()) == 4
+
+
+def test_split_too_short_fails_before_compute(tiny_config, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short " * 3)
+    with pytest.raises(ValueError, match="seq_len"):
+        train(tiny_config("--data.corpus", f"text:{short}"))
