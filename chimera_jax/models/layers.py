@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
+import haliax as hax
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
@@ -105,6 +106,34 @@ def apply_rope(x: Float[Array, "... T H hd"], cos: Array, sin: Array) -> Float[A
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
+def grouped_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
+                      key_mask: Bool[Array, "B T"] | None, dropout_rate: float = 0.0,
+                      key: PRNGKeyArray | None = None, inference: bool = True) -> Float[Array, "B T H*hd"]:
+    """Causal softmax attention, written with Haliax named axes so every contraction says what it sums.
+
+    The H query heads are grouped over the G key/value heads (grouped-query attention; G == H is
+    ordinary multi-head attention). Scores and softmax are computed in f32.
+    """
+    B, T, H, hd = q.shape
+    G = k.shape[2]
+    Batch, Pos, KvHead, QPerKv, HeadDim = (hax.Axis("batch", B), hax.Axis("position", T), hax.Axis("kv_head", G),
+                                           hax.Axis("q_per_kv", H // G), hax.Axis("head_dim", hd))
+    KeyPos = Pos.alias("key_position")
+    q = hax.named(q.reshape(B, T, G, H // G, hd), (Batch, Pos, KvHead, QPerKv, HeadDim))
+    k = hax.named(k, (Batch, KeyPos, KvHead, HeadDim))
+    v = hax.named(v, (Batch, KeyPos, KvHead, HeadDim))
+    scores = hax.dot(q, k, axis=HeadDim, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    allowed = hax.arange(Pos) >= hax.arange(KeyPos).broadcast_axis(Pos)
+    if key_mask is not None:
+        # Haliax broadcasts only explicitly: give both masks the [batch, position, key_position] axes.
+        allowed = allowed.broadcast_axis(Batch) & hax.named(key_mask, (Batch, KeyPos)).broadcast_axis(Pos)
+    scores = hax.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = hax.nn.softmax(scores, axis=KeyPos).astype(v.dtype)
+    probs = hax.named(dropout(probs.array, dropout_rate, key, inference), probs.axes)
+    out = hax.dot(probs, v, axis=KeyPos)
+    return out.rearrange((Batch, Pos, KvHead, QPerKv, HeadDim)).array.reshape(B, T, H * hd)
+
+
 class Attention(eqx.Module):
     """Causal multi-head self-attention with grouped-query heads and an optional key-padding mask."""
 
@@ -138,17 +167,7 @@ class Attention(eqx.Module):
         v = self.w_v(x).reshape(B, T, G, -1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        hd = q.shape[-1]
-        # Query heads are grouped over the shared key/value heads: [B, T, G, H/G, hd].
-        q = q.reshape(B, T, G, H // G, hd)
-        scores = jnp.einsum("bqgrd,bkgd->bgrqk", q, k).astype(jnp.float32) / math.sqrt(hd)
-        allowed = jnp.tril(jnp.ones((T, T), bool))
-        if key_mask is not None:
-            allowed = allowed & key_mask[:, None, None, None, :]
-        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        probs = dropout(probs, self.dropout_rate, key, inference)
-        out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v).reshape(B, T, H * hd)
+        out = grouped_attention(q, k, v, key_mask, self.dropout_rate, key, inference)
         return self.w_o(out)
 
 
