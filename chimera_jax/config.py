@@ -26,14 +26,18 @@ class MoEConfig:
     top_k: int = 2
     every: int = 1  # every n-th layer's FFN is an MoE (the last layer of each group of n)
     d_ff: int | None = None  # per-expert hidden size; None -> model.d_ff
+    # dense: every expert on every token (the test oracle); capacity: [E, C, D] buffers, overflow dropped;
+    # dropless: sorted grouped matmul, nothing dropped (see chimera_jax/models/dispatch.py)
     dispatch: Literal["dense", "capacity", "dropless"] = "dropless"
-    capacity_factor: float = 1.25
+    capacity_factor: float = 1.25  # C = ceil(capacity_factor * top_k * tokens / num_experts)
+    # softmax_topk: gates are the full softmax's top-k probabilities, not renormalised (Switch / GShard);
+    # topk_softmax: softmax over the k chosen logits, summing to 1 (Mixtral; = renormalised softmax_topk)
     gate: Literal["softmax_topk", "topk_softmax"] = "softmax_topk"
     noisy: bool = False  # Shazeer noisy top-k (learned, input-dependent noise), training only
     jitter: float = 0.0  # multiplicative router-input jitter, training only
-    balance_loss_weight: float = 0.01
+    balance_loss_weight: float = 0.01  # Switch loss, = 1 at perfect balance (chimera_jax/models/routing.py)
     z_loss_weight: float = 1e-3
-    bias: bool = False
+    bias: bool = False  # biases in the experts and the router
 
 
 @dataclass

@@ -41,19 +41,18 @@ def gate_values(model_or_run_dir, depth: int | None = None) -> dict[str, np.ndar
     vectors), at the model's depth or ``depth``."""
     stack = _at_depth(model_or_run_dir, depth).stack
     gates = jax.vmap(stack.modulation)(stack.times())
-    return {s.path: np.asarray(g) for s, g in zip(stack.modulation.specs, gates)}
+    return {s.path: np.asarray(g) for s, g in zip(stack.modulation.specs, gates, strict=True)}
 
 
-def gate_matrix(gates: dict[str, np.ndarray]) -> np.ndarray:
-    """All of a layer's gates as one row: ``[L, n]``, every leaf's gates averaged over its input axes."""
-    rows = [g.reshape(g.shape[0], -1, g.shape[-1]).mean(axis=1) for g in gates.values()]
-    return np.concatenate(rows, axis=1)
+def gate_rows(gates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{leaf path: [L, d_out]}``: each layer's gates per output unit, averaged over the input axes."""
+    return {name: g.reshape(g.shape[0], -1, g.shape[-1]).mean(axis=1) for name, g in gates.items()}
 
 
 def gate_similarity(gates: dict[str, np.ndarray]) -> np.ndarray:
-    """``[L, L]`` correlation between layers' gate rows (``gate_matrix``) across gate units: 1 = two depths
-    raise and lower the same units. A layer whose gates are all equal (every depth, at init) gives 0."""
-    m = gate_matrix(gates)
+    """``[L, L]`` correlation between layers' gate rows (``gate_rows``, all leaves concatenated): 1 = two
+    depths raise and lower the same units. A layer whose gates are all equal (every depth, at init) gives 0."""
+    m = np.concatenate(list(gate_rows(gates).values()), axis=1)
     m = m - m.mean(axis=1, keepdims=True)
     m = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
     return m @ m.T

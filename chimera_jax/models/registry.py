@@ -15,7 +15,7 @@ from chimera_jax.models.layers import INIT_STD, MLP, Attention, Embedding, Linea
 from chimera_jax.models.transformer import Block, Decoder, ScannedStack
 
 
-def _residual_std(cfg: ModelConfig) -> float:
+def residual_std(cfg: ModelConfig) -> float:
     # GPT-2's scaled init of the projections that write into the residual stream.
     return INIT_STD / math.sqrt(2 * cfg.n_layers)
 
@@ -23,7 +23,7 @@ def _residual_std(cfg: ModelConfig) -> float:
 def make_mixer(cfg: ModelConfig, key: PRNGKeyArray) -> eqx.Module:
     if cfg.mixer == "attention":
         return Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, key=key, bias=cfg.bias,
-                         dropout_rate=cfg.dropout, out_std=_residual_std(cfg))
+                         dropout_rate=cfg.dropout, out_std=residual_std(cfg))
     if cfg.mixer == "ssm":
         from chimera_jax.models.ssm import SelectiveSSM
 
@@ -37,7 +37,7 @@ def make_ffn(cfg: ModelConfig, key: PRNGKeyArray, moe: bool) -> eqx.Module:
 
         return MoE(cfg, key=key)
     return MLP(cfg.d_model, cfg.resolved_d_ff(), key=key, activation=cfg.ffn, bias=cfg.bias,
-               dropout_rate=cfg.dropout, out_std=_residual_std(cfg))
+               dropout_rate=cfg.dropout, out_std=residual_std(cfg))
 
 
 def make_block(cfg: ModelConfig, key: PRNGKeyArray, moe: bool = False) -> Block:
