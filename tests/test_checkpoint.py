@@ -15,7 +15,7 @@ import pytest
 
 from chimera_jax.config import to_yaml
 from chimera_jax.models.registry import resolve_config
-from chimera_jax.train.checkpoint import CheckpointError, Checkpointer, load_model
+from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_model
 from chimera_jax.train.loop import train
 from chimera_jax.train.metrics import read_metrics
 from chimera_jax.train.optimizer import make_optimizer

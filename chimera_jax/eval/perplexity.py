@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -24,6 +25,9 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     return np.array([len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)], np.int64)
 
 
+NORMALISATION = "mean nats per scored target token; bits/byte = total nats / ln2 / UTF-8 bytes of scored tokens"
+
+
 def summarize(total_nll: float, n_tokens: int, n_bytes: int | None, protocol: dict) -> dict:
     """The one place a loss sum becomes reported figures (the bridge uses it too)."""
     loss = total_nll / n_tokens
@@ -43,19 +47,26 @@ def _batch_nll(model, inputs, targets, weights):
     return jnp.sum(token_nll(logits, targets) * weights)
 
 
-def evaluate(model, tokens: np.ndarray, *, seq_len: int, stride: int | None = None, batch_size: int = 8,
-             token_bytes: np.ndarray | None = None, max_windows: int | None = None, progress: bool = False,
-             tokenizer: str = "?") -> dict:
-    """Mean loss over every target the windows score; ``token_bytes[id]`` (UTF-8 length) gives bits/byte."""
+def evaluate_with(batch_nll: Callable[[np.ndarray, np.ndarray, np.ndarray], float], tokens: np.ndarray, *,
+                  seq_len: int, stride: int | None = None, batch_size: int = 8, token_bytes: np.ndarray | None = None,
+                  max_windows: int | None = None, progress: bool = False, tokenizer: str = "?") -> dict:
+    """The evaluation loop for any framework: ``batch_nll(inputs, targets, weights)`` returns the
+    weighted sum of per-token nats of one [batch, seq_len] batch (JAX here, PyTorch in the bridge)."""
     stride = stride or seq_len
     total, count, n_bytes = 0.0, 0, 0
     batches = window_batches(tokens, seq_len, stride, batch_size, max_windows)
     n = num_batches(len(tokens), seq_len, stride, batch_size, max_windows)
     for inputs, targets, weights in tqdm(batches, total=n, disable=not progress, desc="eval", leave=False):
-        total += float(_batch_nll(model, inputs, targets, weights))
+        total += float(batch_nll(inputs, targets, weights))
         count += int(weights.sum())
         if token_bytes is not None:
             n_bytes += int((token_bytes[targets] * weights).sum())
     protocol = {"tokenizer": tokenizer, "seq_len": seq_len, "stride": stride, "max_windows": max_windows,
-                "normalisation": "mean nats per scored target token; bits/byte = total nats / ln2 / UTF-8 bytes"}
+                "normalisation": NORMALISATION}
     return summarize(total, count, n_bytes or None, protocol)
+
+
+def evaluate(model, tokens: np.ndarray, **protocol) -> dict:
+    """Mean loss of a chimera model over every target the windows score (see ``evaluate_with``);
+    ``token_bytes[id]`` (UTF-8 length) gives bits/byte."""
+    return evaluate_with(lambda x, y, w: _batch_nll(model, x, y, w), tokens, **protocol)

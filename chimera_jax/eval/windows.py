@@ -9,8 +9,8 @@ context. The last window may be short: it is padded to L with zero weights, so s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 

@@ -148,7 +148,8 @@ class Attention(eqx.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, *, key: PRNGKeyArray, bias: bool = True,
                  dropout_rate: float = 0.0, out_std: float = INIT_STD):
         if d_model % n_heads or n_heads % n_kv_heads:
-            raise ValueError(f"d_model {d_model} must divide by n_heads {n_heads}, and n_heads by n_kv_heads {n_kv_heads}")
+            raise ValueError(f"d_model {d_model} must divide by n_heads {n_heads}, "
+                             f"and n_heads by n_kv_heads {n_kv_heads}")
         hd = d_model // n_heads
         kq, kk, kv, ko = jax.random.split(key, 4)
         self.w_q = Linear(d_model, n_heads * hd, key=kq, bias=bias)

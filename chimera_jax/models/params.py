@@ -15,7 +15,8 @@ def _component(path) -> str:
     if not names:
         return "other"
     if names[0] != "stack":
-        return {"embed": "embedding", "pos_embed": "positions", "final_norm": "norms", "head": "head"}.get(names[0], names[0])
+        top = {"embed": "embedding", "pos_embed": "positions", "final_norm": "norms", "head": "head"}
+        return top.get(names[0], names[0])
     for name in names[1:]:
         if name in ("mixer", "ffn"):
             return name

