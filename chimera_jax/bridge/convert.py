@@ -19,7 +19,7 @@ import numpy as np
 
 from chimera_jax.bridge.torch_utils import require
 from chimera_jax.config import ModelConfig
-from chimera_jax.models.layers import sinusoidal_embedding
+from chimera_jax.models.layers import sinusoidal_positions
 from chimera_jax.models.registry import build_model
 from chimera_jax.models.transformer import Decoder
 
@@ -266,7 +266,7 @@ def to_hf(model: Decoder, cfg: ModelConfig, arch: str | None = None, n_positions
     hf_config = hf_config_from(cfg, arch, n_positions, **token_ids)
     arrays = model_arrays(model)
     if arch == "gpt2" and cfg.positions == "sinusoidal":
-        arrays["pos_embed"] = np.asarray(sinusoidal_embedding(jnp.arange(n_positions), cfg.d_model), np.float32)
+        arrays["pos_embed"] = np.asarray(sinusoidal_positions(n_positions, cfg.d_model), np.float32)
     sd = _ours_to_hf(arrays, LAYOUTS[arch], cfg.n_layers)
     if arch == "gpt2":
         _fuse_qkv(sd, cfg.n_layers)

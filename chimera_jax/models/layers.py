@@ -93,6 +93,15 @@ def sinusoidal_embedding(t: Float[Array, "..."], dim: int, max_period: float = 1
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def sinusoidal_positions(seq_len: int, dim: int) -> Float[Array, "seq_len dim"]:
+    """Fixed position table added to token embeddings, scaled to their init std (``INIT_STD``).
+
+    At amplitude 1 the table swamps embeddings of std 0.02 and a byte-level model learns no more than
+    the byte frequencies (measured: val loss stuck at 3.20 nats/byte over 400 steps).
+    """
+    return INIT_STD * sinusoidal_embedding(jnp.arange(seq_len), dim)
+
+
 def rope_tables(positions: Int[Array, " T"], head_dim: int, theta: float) -> tuple[Array, Array]:
     """cos / sin tables [T, head_dim/2] for rotary embeddings (the rotate-half / HF Llama layout)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))

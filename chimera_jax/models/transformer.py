@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from chimera_jax.models.layers import Embedding, Linear, Norm, dropout, rope_tables, sinusoidal_embedding
+from chimera_jax.models.layers import Embedding, Linear, Norm, dropout, rope_tables, sinusoidal_positions
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class Decoder(eqx.Module):
                 raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")
             x = x + self.pos_embed[:T]
         elif self.positions == "sinusoidal":
-            x = x + sinusoidal_embedding(positions, x.shape[-1])
+            x = x + sinusoidal_positions(T, x.shape[-1])
         rope = rope_tables(positions, self.head_dim, self.rope_theta) if self.positions == "rope" else None
         k_drop, k_stack = jax.random.split(key) if key is not None else (None, None)
         x = dropout(x, self.dropout_rate, k_drop, inference).astype(self.embed.weight.dtype)

@@ -1,0 +1,147 @@
+"""Grouped expert FFN: rows sorted by expert, group e (``group_sizes[e]`` consecutive rows) through expert e.
+
+``experts`` is the FFN module (layers.MLP) with a leading experts axis on every array. Both
+implementations run that FFN's code unchanged, with each of its Linear layers swapped for a grouped one:
+
+- ``grouped_ragged``: ``jax.lax.ragged_dot``, the grouped matmul with native kernels on GPU and TPU. On
+  CPU, XLA has none: ragged_dot lowers to a masked product against all E experts, as slow as the dense
+  oracle (scripts/bench_moe.py shows it).
+- ``grouped_blocks``: each group padded to whole blocks of rows and ``block_matmul``, a scan with one
+  expert's weight per block, skipping unused blocks.
+
+``grouped_ffn`` picks ragged_dot on GPU/TPU and blocks on CPU, when lowering for the platform.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from chimera_jax.models.layers import Linear
+
+
+def block_rows(rows: int, num_experts: int) -> int:
+    """Rows per block on CPU: half an expert's fair share, as a power of two in [16, 512].
+
+    Padding costs under one block per expert (about a quarter of the rows at this size); each block is
+    one loop step and one matmul, so smaller blocks pay per-step overhead. Measured for one layer,
+    forward + backward: 2,048 rows over 16 experts (seed 000): 32 and 64 best, 256 ~25% and 512 ~2x
+    slower; 4,096 rows over 8 experts: 64 to 256 tie, 32 and 512 ~20% slower.
+    """
+    share = max(rows // (2 * num_experts), 1)
+    return min(max(1 << (share.bit_length() - 1), 16), 512)
+
+
+def grouped_ffn(experts: eqx.Module, rows: Float[Array, "M D"],
+                group_sizes: Int[Array, " E"]) -> Float[Array, "M D"]:
+    return jax.lax.platform_dependent(rows, group_sizes, cpu=lambda r, g: grouped_blocks(experts, r, g),
+                                      default=lambda r, g: grouped_ragged(experts, r, g))
+
+
+class RaggedLinear(eqx.Module):
+    """A stacked Linear ``[E, d_in, d_out]`` on expert-sorted rows, as one ``jax.lax.ragged_dot``."""
+
+    weight: Float[Array, "E d_in d_out"]
+    bias: Float[Array, "E d_out"] | None
+    group_sizes: Int[Array, " E"]
+
+    def __call__(self, x: Float[Array, "M d_in"]) -> Float[Array, "M d_out"]:
+        y = jax.lax.ragged_dot(x, self.weight.astype(x.dtype), self.group_sizes)
+        if self.bias is None:
+            return y
+        expert_of_row = jnp.repeat(jnp.arange(self.group_sizes.size), self.group_sizes, total_repeat_length=x.shape[0])
+        return y + self.bias[expert_of_row].astype(x.dtype)
+
+
+class BlockLinear(eqx.Module):
+    """A stacked Linear on rows laid out in blocks of ``block`` rows, block j using expert ``block_expert[j]``."""
+
+    weight: Float[Array, "E d_in d_out"]
+    bias: Float[Array, "E d_out"] | None
+    block_expert: Int[Array, " n_blocks"]  # E marks an unused block
+
+    def __call__(self, x: Float[Array, "R d_in"]) -> Float[Array, "R d_out"]:
+        n_blocks = self.block_expert.size
+        y = block_matmul(x.reshape(n_blocks, -1, x.shape[-1]), self.weight.astype(x.dtype), self.block_expert)
+        y = y.reshape(x.shape[0], -1)
+        if self.bias is None:
+            return y
+        expert_of_row = jnp.repeat(self.block_expert, x.shape[0] // n_blocks, total_repeat_length=x.shape[0])
+        return y + self.bias.astype(x.dtype).at[expert_of_row].get(mode="fill", fill_value=0)
+
+
+def _swap_linears(experts: eqx.Module, make) -> eqx.Module:
+    """The expert FFN with every Linear replaced by ``make(linear)``: its code runs unchanged."""
+    is_linear = lambda node: isinstance(node, Linear)  # noqa: E731
+    return jax.tree_util.tree_map(lambda node: make(node) if is_linear(node) else node, experts, is_leaf=is_linear)
+
+
+def grouped_ragged(experts: eqx.Module, rows: Float[Array, "M D"],
+                   group_sizes: Int[Array, " E"]) -> Float[Array, "M D"]:
+    grouped = _swap_linears(experts, lambda lin: RaggedLinear(lin.weight, lin.bias, group_sizes))
+    return grouped(rows)[0]
+
+
+def grouped_blocks(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: Int[Array, " E"],
+                   block: int | None = None) -> Float[Array, "M D"]:
+    """Each group padded to whole blocks of ``block`` rows (default ``block_rows``); every matmul is a
+    ``block_matmul``.
+
+    The block count is the static worst case ``min(M, E) + (M - E) // block``; unused blocks are
+    skipped, so the work is the routed rows plus under one block of padding per expert.
+    """
+    m, d = rows.shape
+    num_experts = group_sizes.size
+    block = block or block_rows(m, num_experts)
+    n_blocks = min(m, num_experts) + max(m - num_experts, 0) // block
+    padded = -(-group_sizes // block) * block
+    padded_end = jnp.cumsum(padded)
+    shift = (padded_end - padded) - (jnp.cumsum(group_sizes) - group_sizes)  # padded minus unpadded start
+    expert_of_row = jnp.repeat(jnp.arange(num_experts), group_sizes, total_repeat_length=m)
+    dest = jnp.arange(m) + shift[expert_of_row]
+    block_expert = jnp.searchsorted(padded_end, jnp.arange(n_blocks) * block, side="right")
+    grouped = _swap_linears(experts, lambda lin: BlockLinear(lin.weight, lin.bias, block_expert))
+    out = grouped(jnp.zeros((n_blocks * block, d), rows.dtype).at[dest].set(rows))[0]
+    return out[dest]
+
+
+@jax.custom_vjp
+def block_matmul(x: Float[Array, "n b d_in"], w: Float[Array, "E d_in d_out"],
+                 block_expert: Int[Array, " n"]) -> Float[Array, "n b d_out"]:
+    """``y[j] = x[j] @ w[block_expert[j]]`` as a scan; blocks with ``block_expert >= E`` give 0.
+
+    The custom gradient adds each block's ``x[j]^T @ g[j]`` into ``dw[e]`` in place; autodiff of the
+    scan would add a full ``[E, d_in, d_out]`` cotangent per block.
+    """
+    num_experts, _, d_out = w.shape
+
+    def body(_, xs):
+        e, h = xs
+        return None, jax.lax.cond(e < num_experts, lambda: h @ w[e], lambda: jnp.zeros((h.shape[0], d_out), h.dtype))
+
+    return jax.lax.scan(body, None, (block_expert, x))[1]
+
+
+def _block_matmul_fwd(x, w, block_expert):
+    return block_matmul(x, w, block_expert), (x, w, block_expert)
+
+
+def _block_matmul_bwd(residuals, g):
+    x, w, block_expert = residuals
+    num_experts = w.shape[0]
+
+    def body(dw, xs):
+        e, h, g_j = xs
+
+        def run():
+            return dw.at[e].add(h.T @ g_j), g_j @ w[e].T
+
+        return jax.lax.cond(e < num_experts, run, lambda: (dw, jnp.zeros_like(h)))
+
+    dw, dx = jax.lax.scan(body, jnp.zeros_like(w), (block_expert, x, g))
+    return dx, dw, None
+
+
+block_matmul.defvjp(_block_matmul_fwd, _block_matmul_bwd)

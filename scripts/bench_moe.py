@@ -1,0 +1,163 @@
+"""Time the MoE dispatches and an MoE train step against dense, in one run.
+
+    python scripts/bench_moe.py                 # all three sections
+    python scripts/bench_moe.py --skip-train    # sections 1 and 2
+    python scripts/bench_moe.py --cpu-time      # process CPU time instead of wall time (busy machines)
+
+1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
+   dispatch, at seed 000's shape (E=16, k=2, d_model 512, d_ff 2048, 8x128 tokens) and a small one.
+2. The grouped FFN inside ``dropless`` on the same sorted rows: ``jax.lax.ragged_dot`` and the CPU
+   block scan at several block sizes (what was tried for CPU).
+3. A full train step of the dwr_moe preset (depth, vocabulary, sequence and batch scaled by flags)
+   against the dense model with the same active FFN parameters (d_ff = k * expert d_ff): tokens/s.
+
+Each figure is the median of ``--repeats`` calls after compile and one warm-up. The load average is
+printed: other jobs on the machine slow everything, ``--cpu-time`` less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from chimera_jax.config import ModelConfig, MoEConfig, RunConfig, load_config, preset_path
+from chimera_jax.models.grouped import grouped_blocks, grouped_ragged
+from chimera_jax.models.moe import MoE
+from chimera_jax.models.registry import make_ffn, resolve_config
+from chimera_jax.train.optimizer import lr_schedule, make_optimizer
+from chimera_jax.train.state import init_state
+from chimera_jax.train.step import make_train_step
+
+SHAPES = {
+    "seed000 E16 k2 512/2048 8x128": dict(experts=16, top_k=2, d_model=512, d_ff=2048, batch=8, seq=128),
+    "small E8 k2 128/512 16x128": dict(experts=8, top_k=2, d_model=128, d_ff=512, batch=16, seq=128),
+}
+
+
+def median_ms(fn: Callable, *args, repeats: int, clock: Callable[[], float]) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    jax.block_until_ready(fn(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = clock()
+        jax.block_until_ready(fn(*args))
+        times.append(clock() - t0)
+    return 1000 * statistics.median(times)
+
+
+def make_layer(shape: dict, dispatch: str) -> MoE:
+    moe = MoEConfig(enabled=True, num_experts=shape["experts"], top_k=shape["top_k"], d_ff=shape["d_ff"],
+                    dispatch=dispatch, bias=True)
+    return MoE(ModelConfig(d_model=shape["d_model"], n_layers=6, moe=moe), key=jax.random.PRNGKey(0))
+
+
+def time_layer(shape: dict, **timing) -> dict[str, float]:
+    x = jax.random.normal(jax.random.PRNGKey(1), (shape["batch"], shape["seq"], shape["d_model"]))
+
+    def loss(layer, h):
+        y, aux = layer(h, inference=True)
+        return jnp.mean(y * y) + aux["aux_loss"]
+
+    grad = eqx.filter_jit(jax.grad(loss, argnums=(0, 1)))
+    out = {d: median_ms(grad, make_layer(shape, d), x, **timing) for d in ("dense", "capacity", "dropless")}
+    # The FLOP floor: one dense FFN of width k * d_ff over the same tokens, no routing.
+    cfg = ModelConfig(d_model=shape["d_model"], d_ff=shape["top_k"] * shape["d_ff"], bias=True)
+    ffn = make_ffn(cfg, jax.random.PRNGKey(0), moe=False)
+    out["ffn"] = median_ms(eqx.filter_jit(jax.grad(lambda f, h: jnp.mean(f(h)[0] ** 2), argnums=(0, 1))), ffn, x,
+                           **timing)
+    return out
+
+
+def time_grouped(shape: dict, blocks: list[int], **timing) -> dict[str, float]:
+    """The grouped FFN alone on the expert-sorted rows a fresh router produces."""
+    layer = make_layer(shape, "dropless")
+    x = jax.random.normal(jax.random.PRNGKey(1), (shape["batch"] * shape["seq"], shape["d_model"]))
+    flat = layer.router(x, key=None, inference=True).experts.reshape(-1)
+    rows, sizes = x[jnp.argsort(flat, stable=True) // shape["top_k"]], jnp.bincount(flat, length=shape["experts"])
+    variants = {"ragged_dot": grouped_ragged} | {
+        f"blocks {b}": (lambda e, r, g, b=b: grouped_blocks(e, r, g, block=b)) for b in blocks}
+    out = {}
+    for name, grouped in variants.items():
+        grad = eqx.filter_jit(eqx.filter_grad(lambda e, r, grouped=grouped: jnp.mean(grouped(e, r, sizes) ** 2)))
+        out[name] = median_ms(grad, layer.experts, rows, **timing)
+    return out
+
+
+def time_train_step(cfg: RunConfig, **timing) -> float:
+    """Milliseconds per optimizer step on random tokens."""
+    cfg = resolve_config(cfg, cfg.model.vocab_size)
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps))
+    state = init_state(cfg, optimizer)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (cfg.train.batch_size, cfg.data.seq_len + 1), 0,
+                                cfg.model.vocab_size)
+    return median_ms(lambda s: step(s, tokens[:, :-1], tokens[:, 1:])[1]["loss"], state, **timing)
+
+
+def train_configs(args: argparse.Namespace) -> tuple[RunConfig, RunConfig]:
+    """dwr_moe scaled by the flags (f32), and the dense model with the same active FFN width."""
+    base = load_config(preset_path("dwr_moe"))
+    model = dataclasses.replace(base.model, n_layers=args.train_layers, vocab_size=args.train_vocab,
+                                max_seq_len=args.train_seq)
+    moe_cfg = dataclasses.replace(base, model=model, data=dataclasses.replace(base.data, seq_len=args.train_seq),
+                                  train=dataclasses.replace(base.train, batch_size=args.train_batch, precision="f32"))
+    dense_model = dataclasses.replace(model, d_ff=model.moe.top_k * model.moe.d_ff,
+                                      moe=dataclasses.replace(model.moe, enabled=False))
+    return moe_cfg, dataclasses.replace(moe_cfg, model=dense_model)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--blocks", type=int, nargs="*", default=[32, 64, 128, 256], help="CPU block sizes to try")
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--cpu-time", action="store_true", help="process CPU time (all threads) instead of wall time")
+    p.add_argument("--train-layers", type=int, default=2, help="dwr_moe has 6")
+    p.add_argument("--train-vocab", type=int, default=256, help="dwr_moe has 50304")
+    p.add_argument("--train-seq", type=int, default=128, help="dwr_moe has 512")
+    p.add_argument("--train-batch", type=int, default=8)
+    args = p.parse_args()
+    timing = dict(repeats=args.repeats, clock=time.process_time if args.cpu_time else time.perf_counter)
+    unit = "CPU ms" if args.cpu_time else "ms"
+
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    print(f"\n1. one MoE layer, forward + backward, {unit} (median of {args.repeats})")
+    print("   (ffn: a dense FFN of width k * d_ff on the same tokens, the same FLOPs as ideal routing)")
+    print(f"{'shape':<31} {'dense':>8} {'capacity':>9} {'dropless':>9} {'ffn':>7}   dense/dropless   "
+          "capacity/dropless   dropless/ffn")
+    for name, shape in SHAPES.items():
+        t = time_layer(shape, **timing)
+        print(f"{name:<31} {t['dense']:8.1f} {t['capacity']:9.1f} {t['dropless']:9.1f} {t['ffn']:7.1f}   "
+              f"{t['dense'] / t['dropless']:14.2f}   {t['capacity'] / t['dropless']:17.2f}   "
+              f"{t['dropless'] / t['ffn']:12.2f}", flush=True)
+
+    print(f"\n2. dropless grouped FFN alone (sorted rows), forward + backward, {unit}")
+    for name, shape in SHAPES.items():
+        t = time_grouped(shape, args.blocks, **timing)
+        print(f"{name:<31} " + "  ".join(f"{k}: {v:.1f}" for k, v in t.items()), flush=True)
+
+    if not args.skip_train:
+        moe_cfg, dense_cfg = train_configs(args)
+        tokens = args.train_batch * args.train_seq
+        print(f"\n3. train step, dwr_moe with {args.train_layers} layers, vocab {args.train_vocab}, "
+              f"batch {args.train_batch}x{args.train_seq}, f32 ({unit}, tokens/s)")
+        results = {f"moe E16 k2 d_ff 2048 ({moe_cfg.model.moe.dispatch})": time_train_step(moe_cfg, **timing),
+                   f"dense d_ff {dense_cfg.model.d_ff}": time_train_step(dense_cfg, **timing)}
+        for name, ms in results.items():
+            print(f"  {name:<34} {ms:9.1f} {1000 * tokens / ms:10.0f} tok/s")
+        moe_ms, dense_ms = results.values()
+        print(f"  moe/dense tokens/s: {dense_ms / moe_ms:.2f}")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at end")
+
+
+if __name__ == "__main__":
+    main()
