@@ -43,6 +43,16 @@ def test_gates_forced_to_one_give_the_dense_stack_of_shared_weights():
 
 
 @pytest.mark.parametrize("mixer", ["attention", "ssm"])
+def test_whole_model_is_causal(mixer):
+    """A changed future token leaves every earlier logit bit-identical (no leak through mixer, gates or norms)."""
+    model = build_model(tiny(mixer), jax.random.PRNGKey(0))
+    changed = TOKENS.at[:, 5].set((TOKENS[:, 5] + 1) % V)
+    a, b = logits(model, TOKENS), logits(model, changed)
+    np.testing.assert_array_equal(a[:, :5], b[:, :5])
+    assert not np.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("mixer", ["attention", "ssm"])
 def test_init_gates_and_effective_weights_are_the_usual_init(mixer):
     cfg = tiny(mixer, gate="in_out", gate_init=0.3)
     key = jax.random.PRNGKey(0)
