@@ -99,6 +99,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     corpus: str = "bbc_news"  # see chimera_jax/data.py for the names
+    # Trained on instead when `corpus` has no train or validation split here (offline, no local copy);
+    # the run records the corpus it used, and a resumed run keeps it.
+    fallback: str | None = None
     tokenizer: Literal["gpt2", "byte"] = "byte"
     seq_len: int = 128
     data_dir: str | None = None  # local copy of a hub corpus; else $CHIMERA_DATA_DIR, ../shared/data

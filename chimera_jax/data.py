@@ -24,16 +24,17 @@ tokenize again; see ``cache_paths``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import socket
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -42,6 +43,8 @@ from tqdm import tqdm
 
 from chimera_jax.config import DataConfig
 from chimera_jax.tokenizer import Tokenizer, count_bytes, get_tokenizer
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
@@ -359,6 +362,28 @@ def check_corpus(corpus: str) -> None:
     raise ValueError(f"unknown corpus {corpus!r}; known corpora: {known}")
 
 
+def with_fallback(cfg: DataConfig, recorded: str | None = None) -> DataConfig:
+    """``cfg`` with the corpus a run trains on settled: ``corpus``, or ``fallback`` when ``corpus`` has no
+    train or validation split here. ``recorded`` (the corpus a resumed run already used) wins when it is
+    one of the two, so a run never changes data half-way. The result has no fallback left.
+    """
+    if cfg.fallback is None:
+        return cfg
+    check_corpus(cfg.corpus)
+    check_corpus(cfg.fallback)
+    if recorded in (cfg.corpus, cfg.fallback):
+        return dataclasses.replace(cfg, corpus=recorded, fallback=None)
+    try:
+        for split in ("train", "validation"):
+            load_documents(cfg.corpus, split, cfg)
+    except DataNotFoundError as err:
+        reason = str(err).splitlines()[0]
+        log.warning("%s is not available here (%s): training on the fallback corpus %s", cfg.corpus, reason,
+                    cfg.fallback)
+        return dataclasses.replace(cfg, corpus=cfg.fallback, fallback=None)
+    return dataclasses.replace(cfg, fallback=None)
+
+
 def load_documents(corpus: str, split: str, cfg: DataConfig | None = None) -> list[str]:
     """The split's documents, in a fixed order."""
     check_corpus(corpus)
@@ -489,7 +514,7 @@ def _cached_meta(tokens_path: Path, meta_path: Path) -> dict | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TokenSplit:
     """A split's tokens (1-D uint16, memory-mapped) and the UTF-8 size of its text."""
 

@@ -34,7 +34,7 @@ def run(name: str, steps: int | None, eval_every: int | None, out: Path, overrid
     summary = train(cfg)
     print(format_summary(summary), flush=True)
     summary["val_curve"] = {line["step"]: line["loss"] for line in read_metrics(cfg.run_dir, split="validation")}
-    return {**summary, "corpus": cfg.data.corpus, "tokenizer": cfg.data.tokenizer, "seq_len": cfg.data.seq_len}
+    return {**summary, "tokenizer": cfg.data.tokenizer, "seq_len": cfg.data.seq_len}
 
 
 def table(results: list[dict]) -> str:

@@ -163,6 +163,23 @@ def test_text_path_missing_is_a_clear_error(tmp_path):
         data.load_documents(f"text:{tmp_path / 'nope.txt'}", "train")
 
 
+def test_fallback_is_used_only_when_the_corpus_is_missing_and_a_recorded_choice_wins(tmp_path, caplog):
+    present, fallback = write_docs(tmp_path / "present", 40), write_docs(tmp_path / "fallback", 40)
+    missing = f"text:{tmp_path / 'missing'}"
+    cfg = DataConfig(corpus=missing, fallback=f"text:{fallback}")
+    with caplog.at_level("WARNING", logger="chimera_jax.data"):
+        used = data.with_fallback(cfg)
+    assert (used.corpus, used.fallback) == (f"text:{fallback}", None)
+    assert "not available here" in caplog.text and "no such file" in caplog.text
+    available = DataConfig(corpus=f"text:{present}", fallback=f"text:{fallback}")
+    assert (data.with_fallback(available).corpus, data.with_fallback(available).fallback) == (f"text:{present}", None)
+    # A run that started on the fallback keeps it when resumed, even once the corpus is reachable.
+    assert data.with_fallback(available, recorded=f"text:{fallback}").corpus == f"text:{fallback}"
+    assert data.with_fallback(DataConfig(corpus="bbc_news")) == DataConfig(corpus="bbc_news")
+    with pytest.raises(ValueError, match="unknown corpus 'nope'"):
+        data.with_fallback(DataConfig(corpus="bbc_news", fallback="nope"))
+
+
 # -------------------------------------------------------------------------------------------- tokens
 
 

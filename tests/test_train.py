@@ -96,3 +96,14 @@ def test_split_too_short_fails_before_compute(tiny_config, tmp_path):
     short.write_text("too short " * 3)
     with pytest.raises(ValueError, match="seq_len"):
         train(tiny_config("--data.corpus", f"text:{short}"))
+
+
+def test_a_run_on_the_fallback_corpus_records_it_and_resumes_on_it(tiny_config, tmp_path):
+    """Trained on the fallback while the corpus was missing; resumed after it appeared: still the fallback."""
+    corpus = tmp_path / "arrives_later.txt"
+    cfg = tiny_config("--train.steps", "10", "--data.corpus", f"text:{corpus}", "--data.fallback", "bbc_news")
+    assert train(cfg)["corpus"] == "bbc_news"
+    assert "corpus: bbc_news" in (cfg.run_dir / "config.yaml").read_text()
+    corpus.write_text("now it exists " * 2000)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20))
+    assert train(longer)["corpus"] == "bbc_news"

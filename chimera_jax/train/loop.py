@@ -11,12 +11,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from chimera_jax import data
-from chimera_jax.config import RunConfig, to_yaml
+from chimera_jax.config import RunConfig, replace, to_yaml
 from chimera_jax.eval.perplexity import evaluate, token_byte_lengths
 from chimera_jax.models.params import format_report, param_report
 from chimera_jax.models.registry import resolve_config
 from chimera_jax.tokenizer import get_tokenizer
-from chimera_jax.train.checkpoint import Checkpointer
+from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_run_config
 from chimera_jax.train.metrics import MetricsLogger
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import init_state
@@ -36,11 +36,22 @@ def validate(model, cfg: RunConfig, tokens: np.ndarray, token_bytes: np.ndarray 
                     token_bytes=token_bytes, tokenizer=cfg.data.tokenizer)
 
 
+def recorded_corpus(cfg: RunConfig) -> str | None:
+    """The corpus a run being resumed trained on (None for a new run, or when no fallback is configured)."""
+    if not cfg.data.fallback or not (cfg.run_dir / "checkpoints").is_dir():
+        return None
+    try:
+        return load_run_config(cfg.run_dir).data.corpus
+    except CheckpointError:
+        return None
+
+
 def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
     """Train ``cfg`` in ``cfg.run_dir``, continuing from its newest checkpoint if there is one."""
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     cfg = resolve_config(cfg, tokenizer.vocab_size)
     tc = cfg.train
+    cfg = replace(cfg, data=data.with_fallback(cfg.data, recorded_corpus(cfg)))
     # Everything that can be wrong with the data is found before any compile.
     train_tokens = data.load_tokens(cfg.data, "train")
     val_tokens = data.load_tokens(cfg.data, "validation")
@@ -63,7 +74,8 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
     step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces)
 
     tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
-    summary: dict = {"name": cfg.name, "params": report["total"], "active_params": report["active"]}
+    summary: dict = {"name": cfg.name, "corpus": cfg.data.corpus, "params": report["total"],
+                     "active_params": report["active"]}
     val: dict = {}
     bar = tqdm(total=tc.steps, initial=start, disable=not tc.progress, desc=cfg.name, dynamic_ncols=True)
     t_last, steps_since, compile_s, train_time = time.perf_counter(), 0, None, 0.0
