@@ -28,11 +28,13 @@ from chimera_jax.config import ModelConfig  # noqa: E402
 from chimera_jax.eval.perplexity import evaluate  # noqa: E402
 from chimera_jax.models.registry import build_model  # noqa: E402
 from chimera_jax.tokenizer import get_tokenizer  # noqa: E402
+from chimera_jax.train.checkpoint import load_model  # noqa: E402
 from chimera_jax.train.loop import train  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import compare as compare_script  # noqa: E402
 import eval_hf as eval_hf_script  # noqa: E402
+import export_hf as export_hf_script  # noqa: E402
 
 TOL = 1e-4  # f32 logits
 VOCAB = 97
@@ -176,6 +178,25 @@ def test_eval_hf_and_compare_scripts(tiny_config, tmp_path):
     assert [r["model"] for r in results[:2]] == [str(cfg.run_dir), str(folder)]
     assert "error" in results[2] and "error" not in results[0] and "error" not in results[1]
     assert results[0]["framework"] == "jax" and results[1]["framework"] == "torch"
+
+
+def test_export_script_writes_a_folder_transformers_loads_with_our_logits_and_tokens(tiny_config, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny_config("--train.steps", "2")
+    train(cfg)
+    folder = export_hf_script.main(["--checkpoint", str(cfg.run_dir), "--out", str(tmp_path / "hf")])
+    hf_model, hf_tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    assert type(hf_model).__name__ == "GPT2LMHeadModel"
+    text = "Exported, café."
+    ids = hf_tok(text)["input_ids"]
+    assert ids == get_tokenizer("byte").encode(text)
+    model, _ = load_model(cfg.run_dir)
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(theirs, model(jnp.asarray([ids]), inference=True)[0], atol=TOL)
+    with pytest.raises(ValueError, match="positions='sinusoidal'"):
+        export_hf_script.main(["--checkpoint", str(cfg.run_dir), "--out", str(tmp_path / "x"), "--arch", "llama"])
 
 
 @pytest.mark.slow
