@@ -13,6 +13,7 @@ balance, 1/E.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -88,14 +89,14 @@ def plot(loads: np.ndarray, names: list[str], title: str,
     return fig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path)
     p.add_argument("--from-checkpoint", action="store_true", help="route validation windows through the model")
     p.add_argument("--batches", type=int, default=4, help="validation batches to route (with --from-checkpoint)")
     p.add_argument("--step", type=int, default=None, help="logged step to draw (default: the last)")
     p.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/expert_load.png")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     if args.from_checkpoint:
         loads, cfg, step = loads_from_checkpoint(args.run_dir, args.batches)
@@ -113,8 +114,10 @@ def main() -> None:
     fig = plot(loads, layer_names(cfg, len(loads)), f"{name}: expert load per MoE layer ({source})", history)
     out = args.out or args.run_dir / "expert_load.png"
     fig.savefig(out, dpi=110)
+    plt.close(fig)
     print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
