@@ -64,12 +64,11 @@ class BlockLinear(eqx.Module):
 
     def __call__(self, x: Float[Array, "R d_in"]) -> Float[Array, "R d_out"]:
         n_blocks = self.block_expert.size
-        y = block_matmul(x.reshape(n_blocks, -1, x.shape[-1]), self.weight.astype(x.dtype), self.block_expert)
-        y = y.reshape(x.shape[0], -1)
-        if self.bias is None:
-            return y
-        expert_of_row = jnp.repeat(self.block_expert, x.shape[0] // n_blocks, total_repeat_length=x.shape[0])
-        return y + self.bias.astype(x.dtype).at[expert_of_row].get(mode="fill", fill_value=0)
+        weight = self.weight.astype(x.dtype)
+        # Without a bias, a zero one: its gradient (a row sum per block) is discarded and costs nothing.
+        bias = jnp.zeros(weight.shape[::2], x.dtype) if self.bias is None else self.bias.astype(x.dtype)
+        y = block_matmul(x.reshape(n_blocks, -1, x.shape[-1]), weight, bias, self.block_expert)
+        return y.reshape(x.shape[0], -1)
 
 
 def _swap_linears(experts: eqx.Module, make) -> eqx.Module:
@@ -108,40 +107,44 @@ def grouped_blocks(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: 
 
 
 @jax.custom_vjp
-def block_matmul(x: Float[Array, "n b d_in"], w: Float[Array, "E d_in d_out"],
+def block_matmul(x: Float[Array, "n b d_in"], w: Float[Array, "E d_in d_out"], b: Float[Array, "E d_out"],
                  block_expert: Int[Array, " n"]) -> Float[Array, "n b d_out"]:
-    """``y[j] = x[j] @ w[block_expert[j]]`` as a scan; blocks with ``block_expert >= E`` give 0.
+    """``y[j] = x[j] @ w[block_expert[j]] + b[block_expert[j]]`` as a scan; blocks with ``block_expert >= E``
+    give 0.
 
     The custom gradient adds each block's ``x[j]^T @ g[j]`` into ``dw[e]`` in place; autodiff of the
-    scan would add a full ``[E, d_in, d_out]`` cotangent per block.
+    scan would add a full ``[E, d_in, d_out]`` cotangent per block. The bias is added per block, not
+    gathered per row: a per-row gather's gradient is a scatter-add over all rows, slow on CPU.
     """
     num_experts, _, d_out = w.shape
 
     def body(_, xs):
         e, h = xs
-        return None, jax.lax.cond(e < num_experts, lambda: h @ w[e], lambda: jnp.zeros((h.shape[0], d_out), h.dtype))
+        return None, jax.lax.cond(e < num_experts, lambda: h @ w[e] + b[e],
+                                  lambda: jnp.zeros((h.shape[0], d_out), h.dtype))
 
     return jax.lax.scan(body, None, (block_expert, x))[1]
 
 
-def _block_matmul_fwd(x, w, block_expert):
-    return block_matmul(x, w, block_expert), (x, w, block_expert)
+def _block_matmul_fwd(x, w, b, block_expert):
+    return block_matmul(x, w, b, block_expert), (x, w, b, block_expert)
 
 
 def _block_matmul_bwd(residuals, g):
-    x, w, block_expert = residuals
+    x, w, b, block_expert = residuals
     num_experts = w.shape[0]
 
-    def body(dw, xs):
+    def body(carry, xs):
+        dw, db = carry
         e, h, g_j = xs
 
         def run():
-            return dw.at[e].add(h.T @ g_j), g_j @ w[e].T
+            return (dw.at[e].add(h.T @ g_j), db.at[e].add(g_j.sum(0))), g_j @ w[e].T
 
-        return jax.lax.cond(e < num_experts, run, lambda: (dw, jnp.zeros_like(h)))
+        return jax.lax.cond(e < num_experts, run, lambda: ((dw, db), jnp.zeros_like(h)))
 
-    dw, dx = jax.lax.scan(body, jnp.zeros_like(w), (block_expert, x, g))
-    return dx, dw, None
+    (dw, db), dx = jax.lax.scan(body, (jnp.zeros_like(w), jnp.zeros_like(b)), (block_expert, x, g))
+    return dx, dw, db, None
 
 
 block_matmul.defvjp(_block_matmul_fwd, _block_matmul_bwd)
