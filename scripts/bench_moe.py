@@ -9,7 +9,8 @@
 2. The grouped FFN inside ``dropless`` on the same sorted rows: ``jax.lax.ragged_dot`` and the CPU
    block scan at several block sizes (what was tried for CPU).
 3. A full train step of the dwr_moe preset (depth, vocabulary, sequence and batch scaled by flags)
-   against the dense model with the same active FFN parameters (d_ff = k * expert d_ff): tokens/s.
+   against the dense model with the same active FFN parameters (d_ff = k * expert d_ff): tokens/s,
+   with the layer scan (model.scan_unroll 1) and unrolled (scan_unroll = layers).
 
 Each figure is the median of ``--repeats`` calls after compile and one warm-up. The load average is
 printed: other jobs on the machine slow everything, ``--cpu-time`` less so.
@@ -91,15 +92,21 @@ def time_grouped(shape: dict, blocks: list[int], **timing) -> dict[str, float]:
     return out
 
 
-def time_train_step(cfg: RunConfig, **timing) -> float:
-    """Milliseconds per optimizer step on random tokens."""
+def time_train_step(cfg: RunConfig, *, repeats: int, clock: Callable[[], float]) -> float:
+    """Milliseconds per optimizer step on random tokens, state donated as in the training loop."""
     cfg = resolve_config(cfg, cfg.model.vocab_size)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
-    step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps))
+    step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), donate=True)
     state = init_state(cfg, optimizer)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (cfg.train.batch_size, cfg.data.seq_len + 1), 0,
                                 cfg.model.vocab_size)
-    return median_ms(lambda s: step(s, tokens[:, :-1], tokens[:, 1:])[1]["loss"], state, **timing)
+    times = []
+    for i in range(repeats + 2):  # compile, warm-up, then timed steps
+        t0 = clock()
+        state, metrics = step(state, tokens[:, :-1], tokens[:, 1:])
+        jax.block_until_ready(metrics["loss"])
+        times.append(clock() - t0)
+    return 1000 * statistics.median(times[2:])
 
 
 def train_configs(args: argparse.Namespace) -> tuple[RunConfig, RunConfig]:
@@ -114,6 +121,10 @@ def train_configs(args: argparse.Namespace) -> tuple[RunConfig, RunConfig]:
     return moe_cfg, dataclasses.replace(moe_cfg, model=dense_model)
 
 
+def with_unroll(cfg: RunConfig, unroll: int) -> RunConfig:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=unroll))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5)
@@ -122,8 +133,8 @@ def main() -> None:
     p.add_argument("--cpu-time", action="store_true", help="process CPU time (all threads) instead of wall time")
     p.add_argument("--train-layers", type=int, default=2, help="dwr_moe has 6")
     p.add_argument("--train-vocab", type=int, default=256, help="dwr_moe has 50304")
-    p.add_argument("--train-seq", type=int, default=128, help="dwr_moe has 512")
-    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--train-seq", type=int, default=512, help="dwr_moe's context")
+    p.add_argument("--train-batch", type=int, default=8, help="seed 000 measured throughput at batch 8")
     args = p.parse_args()
     timing = dict(repeats=args.repeats, clock=time.process_time if args.cpu_time else time.perf_counter)
     unit = "CPU ms" if args.cpu_time else "ms"
@@ -150,12 +161,18 @@ def main() -> None:
         tokens = args.train_batch * args.train_seq
         print(f"\n3. train step, dwr_moe with {args.train_layers} layers, vocab {args.train_vocab}, "
               f"batch {args.train_batch}x{args.train_seq}, f32 ({unit}, tokens/s)")
-        results = {f"moe E16 k2 d_ff 2048 ({moe_cfg.model.moe.dispatch})": time_train_step(moe_cfg, **timing),
-                   f"dense d_ff {dense_cfg.model.d_ff}": time_train_step(dense_cfg, **timing)}
-        for name, ms in results.items():
-            print(f"  {name:<34} {ms:9.1f} {1000 * tokens / ms:10.0f} tok/s")
-        moe_ms, dense_ms = results.values()
-        print(f"  moe/dense tokens/s: {dense_ms / moe_ms:.2f}")
+        # The layer scan slices each layer's weights out of the stacked arrays every step; unrolled
+        # (model.scan_unroll = n_layers), each layer reads them in place. Both models, both ways.
+        for unroll in (1, args.train_layers):
+            label = "scan" if unroll == 1 else "unrolled"
+            results = {f"moe E16 k2 d_ff 2048 ({moe_cfg.model.moe.dispatch}, {label})":
+                       time_train_step(with_unroll(moe_cfg, unroll), **timing),
+                       f"dense d_ff {dense_cfg.model.d_ff} ({label})": time_train_step(with_unroll(dense_cfg, unroll),
+                                                                                       **timing)}
+            for name, ms in results.items():
+                print(f"  {name:<40} {ms:9.1f} {1000 * tokens / ms:10.0f} tok/s")
+            moe_ms, dense_ms = results.values()
+            print(f"  moe/dense tokens/s ({label}): {dense_ms / moe_ms:.2f}", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
 
 

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from chimera_jax.config import to_yaml
@@ -80,6 +82,19 @@ def test_model_config_mismatch_is_named(two_checkpoints):
     _, skeleton = _skeleton(other)
     with pytest.raises(CheckpointError, match="model.d_model: checkpoint 32 vs config 64"):
         Checkpointer(cfg.run_dir).restore(skeleton, other)
+
+
+def test_scan_unroll_is_not_a_model_mismatch(two_checkpoints):
+    """Unrolling the layer scan changes execution only: the checkpoint restores and gives the same logits."""
+    cfg, skeleton = _skeleton(two_checkpoints)
+    unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=cfg.model.n_layers))
+    _, unrolled_skeleton = _skeleton(unrolled)
+    state, meta = Checkpointer(cfg.run_dir).restore(unrolled_skeleton, unrolled)
+    reference, _ = Checkpointer(cfg.run_dir).restore(skeleton, cfg)
+    tokens = jnp.arange(16)[None] % 256
+    np.testing.assert_allclose(state.model(tokens, inference=True)[0], reference.model(tokens, inference=True)[0],
+                               atol=1e-5)
+    assert meta["step"] == 20 and state.model.stack.unroll == cfg.model.n_layers
 
 
 def test_load_model_takes_config_from_checkpoint(two_checkpoints):

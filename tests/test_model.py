@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import ModelConfig
+from chimera_jax.config import ModelConfig, MoEConfig, TimeConfig
 from chimera_jax.models.params import param_report
 from chimera_jax.models.registry import build_model
 from chimera_jax.models.transformer import Context
@@ -61,6 +63,25 @@ def test_scan_equals_unrolled_layers():
         layer = jax.tree_util.tree_map(lambda a, i=i: a[i] if eqx.is_array(a) else a, stacked)
         h, _ = layer(h, ctx, None)
     np.testing.assert_allclose(scanned, h, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
+                                dict(time=TimeConfig(enabled=True), n_layers=4)], ids=["dense", "moe_every_2", "ti_mlp"])
+@pytest.mark.parametrize("unroll", [2, 4])
+def test_scan_unroll_changes_nothing_but_speed(kw, unroll):
+    """Logits and the gradients of every parameter agree with the one-layer-per-step scan (4 layers)."""
+    base = tiny(**{"n_layers": 4, **kw})
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 61)
+
+    def run(cfg):
+        model = build_model(cfg, jax.random.PRNGKey(0))
+        loss = lambda m: jnp.mean(m(tokens, inference=True)[0] ** 2)  # noqa: E731
+        return model(tokens, inference=True)[0], eqx.filter_grad(loss)(model)
+
+    (logits, grads), (ref_logits, ref_grads) = run(dataclasses.replace(base, scan_unroll=unroll)), run(base)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    for g, ref in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, ref, atol=1e-6, rtol=1e-4)
 
 
 def test_dropout_only_in_training():

@@ -54,6 +54,27 @@ def test_grad_accumulation_equals_one_big_batch(tiny_config):
         np.testing.assert_allclose(a, b, atol=2e-6)
 
 
+def _arrays(state):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(state, eqx.is_array))]
+
+
+def test_donated_step_equals_the_plain_one_and_a_non_finite_step_changes_nothing(tiny_config, monkeypatch):
+    cfg, opt, state = _setup(tiny_config())
+    schedule = lr_schedule(cfg.optim, 20)
+    batch = _batch(cfg, 0)
+    plain, _ = make_train_step(cfg, opt, schedule)(state, *batch)
+    donated, _ = make_train_step(cfg, opt, schedule, donate=True)(state, *batch)
+    assert state.model.embed.weight.is_deleted() and not plain.model.embed.weight.is_deleted()
+    for a, b in zip(_arrays(plain), _arrays(donated), strict=True):
+        np.testing.assert_array_equal(a, b)
+    good = _arrays(donated)
+    monkeypatch.setattr(step_module, "token_nll", lambda logits, targets: jnp.full(targets.shape, jnp.nan))
+    stuck, metrics = make_train_step(cfg, opt, schedule, donate=True)(donated, *_batch(cfg, 1))
+    assert np.isnan(float(metrics["loss"])) and int(stuck.step) == 1
+    for a, b in zip(good, _arrays(stuck), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_bf16_compute_keeps_f32_parameters(tiny_config):
     cfg, opt, state = _setup(tiny_config("--train.precision", "bf16"))
     new_state, metrics = make_train_step(cfg, opt, lr_schedule(cfg.optim, 20))(state, *_batch(cfg, 0))

@@ -65,7 +65,7 @@ def make_stack(cfg: ModelConfig, key: PRNGKeyArray) -> eqx.Module:
         eqx.filter_vmap(lambda k, j=j: make_block(cfg, k, moe=cfg.moe.enabled and j == every - 1))(keys[j])
         for j in range(every)
     )
-    return ScannedStack(groups)
+    return ScannedStack(groups, unroll=max(1, cfg.scan_unroll // every))
 
 
 def build_model(cfg: ModelConfig, key: PRNGKeyArray) -> Decoder:

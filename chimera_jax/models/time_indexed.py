@@ -172,6 +172,7 @@ class TimeIndexedStack(eqx.Module):
     block: Block
     modulation: TimeModulation
     depth: int
+    unroll: int = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         if cfg.moe.enabled:
@@ -184,6 +185,7 @@ class TimeIndexedStack(eqx.Module):
         self.block = multiply_leaves(block, {s.path: 1.0 / cfg.time.gate_init for s in specs})
         self.modulation = TimeModulation(specs, cfg.time, key=k_mod)
         self.depth = cfg.n_layers
+        self.unroll = cfg.scan_unroll
 
     def times(self) -> Float[Array, " L"]:
         return (jnp.arange(self.depth, dtype=jnp.float32) + 1.0) / self.depth
@@ -194,7 +196,8 @@ class TimeIndexedStack(eqx.Module):
         return multiply_leaves(self.block, {s.path: g for s, g in zip(self.modulation.specs, gates, strict=True)})
 
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
-        return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key)
+        return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key,
+                           self.unroll)
 
 
 def with_depth(model: eqx.Module, depth: int) -> eqx.Module:

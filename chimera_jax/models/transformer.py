@@ -52,15 +52,16 @@ class Block(eqx.Module):
 
 
 def scan_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, dict]], stacked: Any,
-                x: Array, n: int, key: PRNGKeyArray | None) -> tuple[Array, dict]:
-    """Run ``step(layer_params, x, key)`` over a leading layer axis with ``jax.lax.scan``."""
+                x: Array, n: int, key: PRNGKeyArray | None, unroll: int = 1) -> tuple[Array, dict]:
+    """Run ``step(layer_params, x, key)`` over a leading layer axis with ``jax.lax.scan``, ``unroll``
+    layers per loop step (``ModelConfig.scan_unroll``)."""
     keys = jax.random.split(key, n) if key is not None else None
 
     def body(h, xs):
         params, k = xs
         return step(params, h, k)
 
-    return jax.lax.scan(body, x, (stacked, keys))
+    return jax.lax.scan(body, x, (stacked, keys), unroll=max(1, min(unroll, n)))
 
 
 class ScannedStack(eqx.Module):
@@ -71,6 +72,7 @@ class ScannedStack(eqx.Module):
     """
 
     groups: tuple[Block, ...]
+    unroll: int = eqx.field(static=True, default=1)
 
     @property
     def n_layers(self) -> int:
@@ -89,7 +91,7 @@ class ScannedStack(eqx.Module):
                 aux.update(block_aux)
             return h, aux
 
-        return scan_layers(step, params, x, n_groups, key)
+        return scan_layers(step, params, x, n_groups, key, self.unroll)
 
 
 class Decoder(eqx.Module):

@@ -83,10 +83,14 @@ class Checkpointer:
         self.manager.close()
 
 
+# Model fields that change how the model runs, not what it computes or which parameters it has.
+EXECUTION_ONLY = frozenset({"scan_unroll"})
+
+
 def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> None:
     saved_model, current_model = _flat(saved.model), _flat(current.model)
     diffs = {k: (saved_model.get(k), current_model.get(k)) for k in saved_model.keys() | current_model.keys()
-             if saved_model.get(k) != current_model.get(k)}
+             if saved_model.get(k) != current_model.get(k) and k not in EXECUTION_ONLY}
     if diffs:
         lines = "\n".join(f"  model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
         raise CheckpointError(f"checkpoint {where} was trained with a different model config:\n{lines}\n"

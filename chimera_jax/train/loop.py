@@ -71,7 +71,7 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
     log.info("%s\n%s", cfg.name, format_report(report))
     logger = MetricsLogger(cfg.run_dir, resume_step=start)
     (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
-    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces)
+    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces, donate=True)
 
     tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
     summary: dict = {"name": cfg.name, "corpus": cfg.data.corpus, "params": report["total"],
@@ -91,11 +91,11 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
                 compile_s = dt
             else:
                 train_time += dt
+            state = new_state  # the old state was donated to the step
             if not math.isfinite(loss):
-                ckpt.save(state, cfg)
+                ckpt.save(state, cfg)  # a non-finite step leaves the state as it was: the last good one
                 raise NonFiniteLoss(f"non-finite loss ({loss}) at step {step + 1}; the last good state "
                                     f"(step {int(state.step)}) is saved in {ckpt.directory}")
-            state = new_state
             done = step + 1
             steps_since += 1
             bar.update(1)
