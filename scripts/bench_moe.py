@@ -2,6 +2,7 @@
 
     python scripts/bench_moe.py                 # all three sections
     python scripts/bench_moe.py --skip-train    # sections 1 and 2
+    python scripts/bench_moe.py --skip-layers --train-seq 128   # section 3 at another shape
     python scripts/bench_moe.py --cpu-time      # process CPU time instead of wall time (busy machines)
 
 1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
@@ -101,7 +102,7 @@ def time_train_step(cfg: RunConfig, *, repeats: int, clock: Callable[[], float])
     tokens = jax.random.randint(jax.random.PRNGKey(2), (cfg.train.batch_size, cfg.data.seq_len + 1), 0,
                                 cfg.model.vocab_size)
     times = []
-    for i in range(repeats + 2):  # compile, warm-up, then timed steps
+    for _ in range(repeats + 2):  # compile, warm-up, then timed steps
         t0 = clock()
         state, metrics = step(state, tokens[:, :-1], tokens[:, 1:])
         jax.block_until_ready(metrics["loss"])
@@ -127,9 +128,10 @@ def with_unroll(cfg: RunConfig, unroll: int) -> RunConfig:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--blocks", type=int, nargs="*", default=[32, 64, 128, 256], help="CPU block sizes to try")
-    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-train", action="store_true", help="sections 1 and 2 only")
+    p.add_argument("--skip-layers", action="store_true", help="section 3 only")
     p.add_argument("--cpu-time", action="store_true", help="process CPU time (all threads) instead of wall time")
     p.add_argument("--train-layers", type=int, default=2, help="dwr_moe has 6")
     p.add_argument("--train-vocab", type=int, default=256, help="dwr_moe has 50304")
@@ -141,20 +143,21 @@ def main() -> None:
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start")
-    print(f"\n1. one MoE layer, forward + backward, {unit} (median of {args.repeats})")
-    print("   (ffn: a dense FFN of width k * d_ff on the same tokens, the same FLOPs as ideal routing)")
-    print(f"{'shape':<31} {'dense':>8} {'capacity':>9} {'dropless':>9} {'ffn':>7}   dense/dropless   "
-          "capacity/dropless   dropless/ffn")
-    for name, shape in SHAPES.items():
-        t = time_layer(shape, **timing)
-        print(f"{name:<31} {t['dense']:8.1f} {t['capacity']:9.1f} {t['dropless']:9.1f} {t['ffn']:7.1f}   "
-              f"{t['dense'] / t['dropless']:14.2f}   {t['capacity'] / t['dropless']:17.2f}   "
-              f"{t['dropless'] / t['ffn']:12.2f}", flush=True)
+    if not args.skip_layers:
+        print(f"\n1. one MoE layer, forward + backward, {unit} (median of {args.repeats})")
+        print("   (ffn: a dense FFN of width k * d_ff on the same tokens, the same FLOPs as ideal routing)")
+        print(f"{'shape':<31} {'dense':>8} {'capacity':>9} {'dropless':>9} {'ffn':>7}   dense/dropless   "
+              "capacity/dropless   dropless/ffn")
+        for name, shape in SHAPES.items():
+            t = time_layer(shape, **timing)
+            print(f"{name:<31} {t['dense']:8.1f} {t['capacity']:9.1f} {t['dropless']:9.1f} {t['ffn']:7.1f}   "
+                  f"{t['dense'] / t['dropless']:14.2f}   {t['capacity'] / t['dropless']:17.2f}   "
+                  f"{t['dropless'] / t['ffn']:12.2f}", flush=True)
 
-    print(f"\n2. dropless grouped FFN alone (sorted rows), forward + backward, {unit}")
-    for name, shape in SHAPES.items():
-        t = time_grouped(shape, args.blocks, **timing)
-        print(f"{name:<31} " + "  ".join(f"{k}: {v:.1f}" for k, v in t.items()), flush=True)
+        print(f"\n2. dropless grouped FFN alone (sorted rows), forward + backward, {unit}")
+        for name, shape in SHAPES.items():
+            t = time_grouped(shape, args.blocks, **timing)
+            print(f"{name:<31} " + "  ".join(f"{k}: {v:.1f}" for k, v in t.items()), flush=True)
 
     if not args.skip_train:
         moe_cfg, dense_cfg = train_configs(args)

@@ -65,8 +65,12 @@ def test_scan_equals_unrolled_layers():
     np.testing.assert_allclose(scanned, h, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
-                                dict(time=TimeConfig(enabled=True), n_layers=4)], ids=["dense", "moe_every_2", "ti_mlp"])
+UNROLL_VARIANTS = {"dense": dict(),
+                   "moe_every_2": dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
+                   "ti_mlp": dict(time=TimeConfig(enabled=True))}
+
+
+@pytest.mark.parametrize("kw", UNROLL_VARIANTS.values(), ids=UNROLL_VARIANTS.keys())
 @pytest.mark.parametrize("unroll", [2, 4])
 def test_scan_unroll_changes_nothing_but_speed(kw, unroll):
     """Logits and the gradients of every parameter agree with the one-layer-per-step scan (4 layers)."""
