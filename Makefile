@@ -29,7 +29,7 @@ train: setup
 	$(PY) scripts/train.py --model dense
 
 test: setup-torch
-	$(PY) -m pytest -q
+	$(PY) -m chimera_jax.malloc $(PY) -m pytest -q
 
 lint: setup-torch
 	$(VENV)/bin/ruff check chimera_jax scripts tests

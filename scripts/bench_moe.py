@@ -19,6 +19,11 @@ printed: other jobs on the machine slow everything, ``--cpu-time`` less so.
 
 from __future__ import annotations
 
+from chimera_jax.malloc import reexec_with_tuned_malloc
+
+if __name__ == "__main__":
+    reexec_with_tuned_malloc()  # glibc reads its settings at start-up, so before anything else: see the module
+
 import argparse
 import dataclasses
 import os

@@ -10,6 +10,11 @@ are ranked by bits per byte. Needs the torch extra: pip install -e '.[torch]'.
 
 from __future__ import annotations
 
+from chimera_jax.malloc import reexec_with_tuned_malloc
+
+if __name__ == "__main__":
+    reexec_with_tuned_malloc()  # glibc reads its settings at start-up, so before anything else: see the module
+
 import argparse
 import json
 import sys

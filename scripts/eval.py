@@ -8,6 +8,11 @@ The model and its config come from the checkpoint. stride == seq-len gives non-o
 
 from __future__ import annotations
 
+from chimera_jax.malloc import reexec_with_tuned_malloc
+
+if __name__ == "__main__":
+    reexec_with_tuned_malloc()  # glibc reads its settings at start-up, so before anything else: see the module
+
 import argparse
 import dataclasses
 import json

@@ -6,6 +6,11 @@ directory (``--resume`` says so explicitly) continues from its newest checkpoint
 
 from __future__ import annotations
 
+from chimera_jax.malloc import reexec_with_tuned_malloc
+
+if __name__ == "__main__":
+    reexec_with_tuned_malloc()  # glibc reads its settings at start-up, so before anything else: see the module
+
 import logging
 import sys
 
