@@ -89,7 +89,7 @@ class ModelConfig:
     time: TimeConfig = field(default_factory=TimeConfig)
     # Layers per step of the layer scan; >= n_layers unrolls the stack. Unrolled, each layer reads its
     # weights in place instead of copying its slice of the stacked arrays every step (on CPU a 2-layer
-    # MoE train step ~1.5x faster: scripts/bench_moe.py), but compile time grows with depth. Execution
+    # MoE train step ~1.2x faster: scripts/bench_moe.py), but compile time grows with depth. Execution
     # only: the parameters are the same, and a checkpoint resumes under any value.
     scan_unroll: int = 1
 

@@ -1,12 +1,11 @@
 """glibc malloc settings for XLA on CPU: large buffers come from one reused heap, not fresh mmaps.
 
 XLA:CPU allocates its output and temporary buffers on every call. glibc serves any allocation over
-32 MiB with a fresh ``mmap`` and unmaps it on free, so every call page-faults its large buffers in
-again: on the 2-core development machine an XLA op writing a fresh 64 MiB array took ~18 ms, and
-~3 ms with these settings. One arena (``MALLOC_ARENA_MAX``; other threads' arenas cannot hold large
-blocks and fall back to mmap), no mmap, and no trimming keep freed memory for reuse. The cost: the
-process keeps its peak heap until it exits. Measured effect, ``scripts/bench_moe.py`` with and
-without: the MoE layer 10-20% faster, a train step ~10% faster (docs/moe.md).
+32 MiB with a fresh ``mmap`` and unmaps it on free, so every call page-faults its large buffers (an
+MoE layer's 64 MiB weight gradients, say) in again. One arena (``MALLOC_ARENA_MAX``; other threads'
+arenas cannot hold large blocks and fall back to mmap), no mmap, and no trimming keep freed memory for
+reuse. The cost: the process keeps its peak heap until it exits. Measured with ``scripts/bench_moe.py``
+with and without (docs/moe.md): the MoE layer 10-20% faster, train steps ~10% faster.
 
 glibc reads these only at start-up, so the scripts re-execute themselves once with them
 (``reexec_with_tuned_malloc``) and ``python -m chimera_jax.malloc CMD ...`` runs any command with

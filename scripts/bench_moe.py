@@ -4,6 +4,7 @@
     python scripts/bench_moe.py --skip-train    # sections 1 and 2
     python scripts/bench_moe.py --skip-layers --train-seq 128   # section 3 at another shape
     python scripts/bench_moe.py --cpu-time      # process CPU time instead of wall time (busy machines)
+    python scripts/bench_moe.py --profile /tmp/moe_trace   # where the dropless layer's time goes
 
 1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
    dispatch, at seed 000's shape (E=16, k=2, d_model 512, d_ff 2048, 8x128 tokens) and a small one.
@@ -25,11 +26,15 @@ if __name__ == "__main__":
     reexec_with_tuned_malloc()  # glibc reads its settings at start-up, so before anything else: see the module
 
 import argparse
+import collections
 import dataclasses
+import gzip
+import json
 import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -98,6 +103,29 @@ def time_grouped(shape: dict, blocks: list[int], **timing) -> dict[str, float]:
     return out
 
 
+def profile_layer(shape: dict, dispatch: str, directory: str, top: int = 30) -> None:
+    """Trace three calls of one layer's forward + backward and print the XLA ops that took longest."""
+    x = jax.random.normal(jax.random.PRNGKey(1), (shape["batch"], shape["seq"], shape["d_model"]))
+    grad = eqx.filter_jit(jax.grad(lambda layer, h: jnp.mean(layer(h, inference=True)[0] ** 2), argnums=(0, 1)))
+    layer = make_layer(shape, dispatch)
+    for _ in range(2):  # compile and warm up outside the trace
+        jax.block_until_ready(grad(layer, x))
+    jax.profiler.start_trace(directory)
+    for _ in range(3):
+        jax.block_until_ready(grad(layer, x))
+    jax.profiler.stop_trace()
+    trace = max(Path(directory).rglob("*.trace.json.gz"), key=lambda f: f.stat().st_mtime)
+    total, calls = collections.Counter(), collections.Counter()
+    for event in json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]:
+        if event.get("ph") == "X" and not event["name"].startswith(("$", "ThunkExecutor", "Pjit")):
+            total[event["name"]] += event["dur"] / 3000  # us over 3 calls -> ms per call
+            calls[event["name"]] += 1
+    print(f"\nprofile: {dispatch} layer, fwd + bwd, ms per call (nested ops count in their parents too); "
+          f"trace in {trace}")
+    for name, ms in total.most_common(top):
+        print(f"  {ms:8.2f}  x{calls[name] // 3:<4d} {name}")
+
+
 def time_train_step(cfg: RunConfig, *, repeats: int, clock: Callable[[], float]) -> float:
     """Milliseconds per optimizer step on random tokens, state donated as in the training loop."""
     cfg = resolve_config(cfg, cfg.model.vocab_size)
@@ -138,6 +166,7 @@ def main() -> None:
     p.add_argument("--skip-train", action="store_true", help="sections 1 and 2 only")
     p.add_argument("--skip-layers", action="store_true", help="section 3 only")
     p.add_argument("--cpu-time", action="store_true", help="process CPU time (all threads) instead of wall time")
+    p.add_argument("--profile", metavar="DIR", help="only trace seed 000's dropless layer into DIR, print its top ops")
     p.add_argument("--train-layers", type=int, default=2, help="dwr_moe has 6")
     p.add_argument("--train-vocab", type=int, default=256, help="dwr_moe has 50304")
     p.add_argument("--train-seq", type=int, default=512, help="dwr_moe's context")
@@ -148,6 +177,9 @@ def main() -> None:
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start")
+    if args.profile:
+        profile_layer(next(iter(SHAPES.values())), "dropless", args.profile)
+        return
     if not args.skip_layers:
         print(f"\n1. one MoE layer, forward + backward, {unit} (median of {args.repeats})")
         print("   (ffn: a dense FFN of width k * d_ff on the same tokens, the same FLOPs as ideal routing)")

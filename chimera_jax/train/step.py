@@ -38,8 +38,8 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
     caller can save the last good state even when ``donate`` is on.
 
     ``donate`` hands the state's buffers to the step, which then updates parameters and optimizer moments
-    in place: half the state memory, and on CPU ~15% faster for a large model (the MoE train step in
-    scripts/bench_moe.py). The state passed in is unusable afterwards; the training loop donates.
+    in place instead of allocating a second copy of the state. The state passed in is unusable
+    afterwards; the training loop donates.
     ``max_traces`` wraps the step in ``eqx.debug.assert_max_traces`` (tests prove it compiles once).
     """
     compute_dtype = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
