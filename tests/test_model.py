@@ -65,13 +65,14 @@ def test_scan_equals_unrolled_layers():
     np.testing.assert_allclose(scanned, h, atol=1e-5)
 
 
-UNROLL_VARIANTS = {"dense": dict(),
-                   "moe_every_2": dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
-                   "ti_mlp": dict(time=TimeConfig(enabled=True))}
+UNROLL_CASES = {  # (model overrides, scan_unroll) on 4 layers: a partial and a full unroll, MoE every 2nd, TI
+    "dense_2": (dict(), 2), "dense_4": (dict(), 4),
+    "moe_every_2": (dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)), 4),
+    "ti_mlp": (dict(time=TimeConfig(enabled=True)), 4),
+}
 
 
-@pytest.mark.parametrize("kw", UNROLL_VARIANTS.values(), ids=UNROLL_VARIANTS.keys())
-@pytest.mark.parametrize("unroll", [2, 4])
+@pytest.mark.parametrize("kw, unroll", UNROLL_CASES.values(), ids=UNROLL_CASES.keys())
 def test_scan_unroll_changes_nothing_but_speed(kw, unroll):
     """Logits and the gradients of every parameter agree with the one-layer-per-step scan (4 layers)."""
     base = tiny(**{"n_layers": 4, **kw})
