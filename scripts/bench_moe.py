@@ -8,8 +8,8 @@
 
 1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
    dispatch, at seed 000's shape (E=16, k=2, d_model 512, d_ff 2048, 8x128 tokens) and a small one.
-2. The grouped FFN inside ``dropless`` on the same sorted rows: ``jax.lax.ragged_dot`` and the CPU
-   block scan at several block sizes (what was tried for CPU).
+2. The grouped FFN inside ``dropless`` on the same sorted rows: ``jax.lax.ragged_dot``, the CPU
+   default (fair-share buffers + block scan for the rest) and the block scan alone at several block sizes.
 3. A full train step of the dwr_moe preset (depth, vocabulary, sequence and batch scaled by flags)
    against the dense model with the same active FFN parameters (d_ff = k * expert d_ff): tokens/s,
    with the layer scan (model.scan_unroll 1) and unrolled (scan_unroll = layers).
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from chimera_jax.config import ModelConfig, MoEConfig, RunConfig, load_config, preset_path
-from chimera_jax.models.grouped import grouped_blocks, grouped_ragged
+from chimera_jax.models.grouped import grouped_blocks, grouped_fair_share, grouped_ragged
 from chimera_jax.models.moe import MoE
 from chimera_jax.models.registry import make_ffn, resolve_config
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
@@ -94,7 +94,7 @@ def time_grouped(shape: dict, blocks: list[int], **timing) -> dict[str, float]:
     x = jax.random.normal(jax.random.PRNGKey(1), (shape["batch"] * shape["seq"], shape["d_model"]))
     flat = layer.router(x, key=None, inference=True).experts.reshape(-1)
     rows, sizes = x[jnp.argsort(flat, stable=True) // shape["top_k"]], jnp.bincount(flat, length=shape["experts"])
-    variants = {"ragged_dot": grouped_ragged} | {
+    variants = {"ragged_dot": grouped_ragged, "fair share (CPU default)": grouped_fair_share} | {
         f"blocks {b}": (lambda e, r, g, b=b: grouped_blocks(e, r, g, block=b)) for b in blocks}
     out = {}
     for name, grouped in variants.items():

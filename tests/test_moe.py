@@ -14,7 +14,7 @@ import pytest
 
 from chimera_jax.config import ModelConfig, MoEConfig, OptimConfig, RunConfig, TrainConfig, load_config, preset_path
 from chimera_jax.models.dispatch import capacity_dispatch, capacity_slots, dense_dispatch
-from chimera_jax.models.grouped import grouped_blocks, grouped_ragged
+from chimera_jax.models.grouped import grouped_blocks, grouped_fair_share, grouped_ragged
 from chimera_jax.models.moe import MoE
 from chimera_jax.models.params import param_report
 from chimera_jax.models.registry import build_model, resolve_config
@@ -78,20 +78,35 @@ def test_sparse_dispatches_equal_dense_in_outputs_and_gradients(E, k, shape, ffn
     assert all(np.abs(leaf).max() > 0 for leaf in jax.tree_util.tree_leaves(g_ref.router))
 
 
-def test_ragged_dot_and_block_grouped_ffn_agree():
-    """The GPU/TPU grouped matmul (ragged_dot) and the CPU one (block scan) give the same values and
-    gradients, with empty groups and groups spanning several blocks."""
+@pytest.mark.parametrize("sizes", [[3, 0, 7, 1, 2], [13, 0, 0, 0, 0], [3, 2, 3, 2, 3]],
+                         ids=["mixed", "all_on_one", "within_fair_share"])
+def test_grouped_ffns_agree(sizes):
+    """The GPU/TPU grouped matmul (ragged_dot), the block scan and the CPU fair-share split give the same
+    values and gradients: empty groups, groups spanning several blocks, rows past the fair share (3 of
+    13 rows over 5 experts) for some, all or none of the experts."""
     experts = MoE(moe_cfg(num_experts=5, top_k=2, bias=True), key=jax.random.PRNGKey(0)).experts
-    sizes = jnp.array([3, 0, 7, 1, 2])
+    sizes = jnp.array(sizes)
     rows = jax.random.normal(jax.random.PRNGKey(1), (13, 16))
 
     def grads(fn):
-        return jax.jit(jax.grad(lambda e, r: jnp.sum(jnp.sin(fn(e, r))), argnums=(0, 1)))(experts, rows)
+        return jax.jit(jax.value_and_grad(lambda e, r: jnp.sum(jnp.sin(fn(e, r))), argnums=(0, 1)))(experts, rows)
 
     ragged = grads(lambda e, r: grouped_ragged(e, r, sizes))
-    blocks = grads(lambda e, r: grouped_blocks(e, r, sizes, block=2))
-    for a, b in zip(jax.tree_util.tree_leaves(blocks), jax.tree_util.tree_leaves(ragged), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name, fn in {"blocks": lambda e, r: grouped_blocks(e, r, sizes, block=2),
+                     "fair_share": lambda e, r: grouped_fair_share(e, r, sizes)}.items():
+        for a, b in zip(jax.tree_util.tree_leaves(grads(fn)), jax.tree_util.tree_leaves(ragged), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_block_scan_skip_leaves_out_the_first_rows_of_each_group():
+    experts = MoE(moe_cfg(num_experts=3, top_k=1, bias=True), key=jax.random.PRNGKey(0)).experts
+    sizes = jnp.array([4, 1, 3])
+    rows = jax.random.normal(jax.random.PRNGKey(1), (8, 16))
+    full = grouped_blocks(experts, rows, sizes, block=2)
+    skipped = grouped_blocks(experts, rows, sizes, block=2, skip=2)
+    kept = np.array([False, False, True, True, False, False, False, True])  # local index >= 2
+    np.testing.assert_allclose(skipped[kept], full[kept], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(skipped[~kept], 0)
 
 
 def test_capacity_drops_the_expected_assignments():
