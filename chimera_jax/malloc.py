@@ -26,11 +26,13 @@ TUNED = {
 }
 
 
+def switched_off() -> bool:
+    return os.environ.get("CHIMERA_MALLOC", "").lower() == "off"
+
+
 def applies() -> bool:
     """Linux with glibc, not switched off, and not already in effect."""
-    if os.environ.get("CHIMERA_MALLOC", "").lower() == "off":
-        return False
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if switched_off() or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     return any(os.environ.get(k) != v for k, v in TUNED.items())
 
@@ -45,10 +47,7 @@ def reexec_with_tuned_malloc() -> None:
 def main(argv: list[str]) -> None:
     if not argv:
         raise SystemExit("usage: python -m chimera_jax.malloc COMMAND [ARGS ...]")
-    env = dict(os.environ)
-    if os.environ.get("CHIMERA_MALLOC", "").lower() != "off":
-        env.update(TUNED)
-    os.execvpe(argv[0], argv, env)
+    os.execvpe(argv[0], argv, dict(os.environ) if switched_off() else {**os.environ, **TUNED})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from chimera_jax.models.grouped import grouped_ffn
+from chimera_jax.models.grouped import batched_experts, grouped_ffn
 from chimera_jax.models.routing import Routing
 
 Dispatched = tuple[Float[Array, "N D"], Bool[Array, "N k"]]
@@ -68,7 +68,7 @@ def capacity_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Rout
     rows = jnp.broadcast_to(x[:, None, :], (*routing.experts.shape, d))
     # Out-of-range positions are the dropped assignments: "drop" skips them, "fill" reads them as 0.
     buffers = jnp.zeros((num_experts, slots, d), x.dtype).at[routing.experts, position].set(rows, mode="drop")
-    out = eqx.filter_vmap(lambda expert, h: expert(h)[0])(experts, buffers)
+    out = batched_experts(experts, buffers)
     y = out.at[routing.experts, position].get(mode="fill", fill_value=0)
     return _combine(y, routing.gates), kept
 

@@ -97,11 +97,17 @@ def grouped_ragged(experts: eqx.Module, rows: Float[Array, "M D"],
     return grouped(rows)[0]
 
 
-def _group_positions(group_sizes: Int[Array, " E"], m: int) -> tuple[Int[Array, " M"], Int[Array, " M"]]:
-    """Each sorted row's expert and its index within its group."""
+def _group_positions(group_sizes: Int[Array, " E"],
+                     m: int) -> tuple[Int[Array, " E"], Int[Array, " M"], Int[Array, " M"]]:
+    """Each group's first row, and each sorted row's expert and its index within its group."""
     start = jnp.cumsum(group_sizes) - group_sizes
     expert_of_row = jnp.repeat(jnp.arange(group_sizes.size), group_sizes, total_repeat_length=m)
-    return expert_of_row, jnp.arange(m) - start[expert_of_row]
+    return start, expert_of_row, jnp.arange(m) - start[expert_of_row]
+
+
+def batched_experts(experts: eqx.Module, buffers: Float[Array, "E C D"]) -> Float[Array, "E C D"]:
+    """Expert e's FFN on ``buffers[e]``, for every e at once (batched matmuls over the experts axis)."""
+    return eqx.filter_vmap(lambda expert, h: expert(h)[0])(experts, buffers)
 
 
 def grouped_blocks(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: Int[Array, " E"],
@@ -121,7 +127,7 @@ def grouped_blocks(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: 
     sizes = jnp.maximum(group_sizes - skip, 0)
     padded = -(-sizes // block) * block
     padded_end = jnp.cumsum(padded)
-    expert_of_row, local = _group_positions(group_sizes, m)
+    _, expert_of_row, local = _group_positions(group_sizes, m)
     # Rows in the first `skip` of their group go out of range: dropped on the way in, 0 on the way out.
     dest = jnp.where(local >= skip, (padded_end - padded)[expert_of_row] + local - skip, n_blocks * block)
     block_expert = jnp.searchsorted(padded_end, jnp.arange(n_blocks) * block, side="right")
@@ -137,12 +143,10 @@ def grouped_fair_share(experts: eqx.Module, rows: Float[Array, "M D"],
     """
     m = rows.shape[0]
     slots = -(-m // group_sizes.size)
-    start = jnp.cumsum(group_sizes) - group_sizes
+    start, expert_of_row, local = _group_positions(group_sizes, m)
     slot = jnp.arange(slots)
     source = jnp.where(slot[None] < group_sizes[:, None], start[:, None] + slot[None], m)  # m: an empty slot
-    buffers = rows.at[source].get(mode="fill", fill_value=0)
-    out = eqx.filter_vmap(lambda expert, h: expert(h)[0])(experts, buffers)
-    expert_of_row, local = _group_positions(group_sizes, m)
+    out = batched_experts(experts, rows.at[source].get(mode="fill", fill_value=0))
     in_buffer = local < slots
     from_buffers = out.at[expert_of_row, jnp.where(in_buffer, local, slots)].get(mode="fill", fill_value=0)
     rest = grouped_blocks(experts, rows, group_sizes, block=overflow_block_rows(slots), skip=slots)
