@@ -137,6 +137,8 @@ def gpt2_encoding() -> tiktoken.Encoding:
 
 
 TOKENIZERS = {"gpt2": GPT2Tokenizer, "byte": ByteTokenizer}
+# Vocabulary sizes known without building a tokenizer, so configs are checked before any work.
+VOCAB_SIZES = {"gpt2": 50257, "byte": 256}
 
 
 @functools.cache
