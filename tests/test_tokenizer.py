@@ -2,6 +2,7 @@
 
 import inspect
 
+import numpy as np
 import pytest
 
 from chimera_jax import tokenizer as tk
@@ -64,6 +65,24 @@ def test_count_bytes():
     assert count_bytes("é") == 2
     assert count_bytes("🎉") == 4
     assert count_bytes("") == 0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte"])
+def test_id_byte_lengths_count_the_text_of_ordinary_ids(name):
+    tok = get_tokenizer(name)
+    lengths = tok.id_byte_lengths()
+    assert lengths.dtype == np.int64 and lengths.shape == (tok.vocab_size,)
+    for text in SAMPLES:  # multi-byte characters split across ids still add up
+        assert int(lengths[tok.encode(text)].sum()) == count_bytes(text)
+    with pytest.raises(ValueError, match="read-only"):
+        lengths[0] = 7
+
+
+def test_gpt2_special_ids_count_zero_bytes():
+    lengths = get_tokenizer("gpt2").id_byte_lengths()
+    assert lengths[tk.GPT2_EOS_ID] == 0  # not the 13 characters of "<|endoftext|>"
+    assert (lengths[: tk.GPT2_EOS_ID] > 0).all()
+    assert lengths[15496] == len("Hello") and lengths[995] == len(" world")
 
 
 def test_unknown_tokenizer_lists_known_names():

@@ -1,0 +1,30 @@
+"""Deterministic, fixed-shape training batches drawn from a token array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_split_length(tokens: np.ndarray, seq_len: int, name: str) -> None:
+    """Fail before training when a split cannot fill even one window of seq_len + 1 tokens."""
+    if len(tokens) < seq_len + 1:
+        raise ValueError(
+            f"{name} has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1} needed for one "
+            f"training window; lower data.seq_len or use a larger split/corpus"
+        )
+
+
+def get_batch(
+    tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, step: int, name: str = "tokens"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch ``step`` of a run seeded ``seed``: (inputs, targets), int32 [batch_size, seq_len].
+
+    Windows of seq_len + 1 tokens start at positions drawn from ``default_rng([seed, step])``, so a
+    batch is a pure function of (seed, step): a resumed run sees exactly the batches it would have.
+    Targets are the inputs shifted left by one.
+    """
+    check_split_length(tokens, seq_len, name)
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
+    windows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+    return windows[:, :-1], windows[:, 1:]
