@@ -1,12 +1,15 @@
 """Run configuration: one dataclass per concern, loaded from YAML with dotted CLI overrides.
 
 Parsing is done by ``draccus`` (the config library Levanter uses): unknown keys and wrongly typed
-values fail at start-up with a message naming the key.
+values fail at start-up with a message naming the key. Impossible values and combinations fail there too:
+each dataclass checks itself in ``__post_init__`` (which draccus and ``dataclasses.replace`` both run), and
+RunConfig checks what spans sections, so a bad run stops with one line before any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,8 +17,34 @@ from pathlib import Path
 from typing import Literal
 
 import draccus
+from draccus.utils import ParsingError
+
+from chimera_jax.tokenizer import VOCAB_SIZES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """An impossible config value or combination; the message is one line naming the field(s)."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _at_least(section: str, obj, minimum: float, *names: str) -> None:
+    """Each named field of ``obj`` (skipped when None, meaning "derive it") is at least ``minimum``."""
+    for name in names:
+        value = getattr(obj, name)
+        _require(value is None or value >= minimum, f"{section}.{name}={value} must be >= {minimum}")
+
+
+def _in_range(section: str, obj, name: str, low: float, high: float, closed_high: bool = False) -> None:
+    """``low <= obj.name < high`` (``<= high`` when ``closed_high``)."""
+    value = getattr(obj, name)
+    ok = low <= value <= high if closed_high else low <= value < high
+    _require(ok, f"{section}.{name}={value} must be in [{low}, {high}{']' if closed_high else ')'}")
 
 
 @dataclass
@@ -40,6 +69,13 @@ class MoEConfig:
     z_loss_weight: float = 1e-3
     bias: bool = False  # biases in the experts and the router
 
+    def __post_init__(self) -> None:
+        _at_least("model.moe", self, 1, "num_experts", "every", "d_ff")
+        _require(1 <= self.top_k <= self.num_experts,
+                 f"model.moe.top_k={self.top_k} must be between 1 and model.moe.num_experts={self.num_experts}")
+        _require(self.capacity_factor > 0, f"model.moe.capacity_factor={self.capacity_factor} must be > 0")
+        _at_least("model.moe", self, 0, "jitter", "balance_loss_weight", "z_loss_weight")
+
 
 @dataclass
 class SSMConfig:
@@ -53,6 +89,11 @@ class SSMConfig:
     conv_kernel: int = 4  # causal depthwise convolution before the scan (Mamba); 1 = pointwise
     scan: Literal["associative", "sequential"] = "associative"  # parallel, or the sequential reference
 
+    def __post_init__(self) -> None:
+        _at_least("model.ssm", self, 1, "state_size", "expand", "dt_rank", "conv_kernel")
+        _require(0 < self.dt_min <= self.dt_max,
+                 f"model.ssm.dt_min={self.dt_min} and model.ssm.dt_max={self.dt_max} must satisfy 0 < dt_min <= dt_max")
+
 
 @dataclass
 class TimeConfig:
@@ -64,6 +105,10 @@ class TimeConfig:
     gate: Literal["out", "in_out", "lowrank", "full"] = "out"
     rank: int = 4  # for gate == "lowrank"
     gate_init: float = 0.5  # every gate's value at initialisation, in (0, 1)
+
+    def __post_init__(self) -> None:
+        _at_least("model.time", self, 1, "emb_dim", "hidden", "rank")
+        _require(0 < self.gate_init < 1, f"model.time.gate_init={self.gate_init} must be in (0, 1)")
 
 
 @dataclass
@@ -88,10 +133,34 @@ class ModelConfig:
     ssm: SSMConfig = field(default_factory=SSMConfig)
     time: TimeConfig = field(default_factory=TimeConfig)
     # Layers per step of the layer scan; >= n_layers unrolls the stack. Unrolled, each layer reads its
-    # weights in place instead of copying its slice of the stacked arrays every step (on CPU a 2-layer
-    # MoE train step ~1.2x faster: scripts/bench_moe.py), but compile time grows with depth. Execution
+    # weights in place instead of copying its slice of the stacked arrays every step (faster for large
+    # stacked weights such as MoE experts: docs/moe.md), but compile time grows with depth. Execution
     # only: the parameters are the same, and a checkpoint resumes under any value.
     scan_unroll: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least("model", self, 1, "vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                  "d_ff", "scan_unroll")
+        _require(self.d_model % self.n_heads == 0,
+                 f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        kv_heads = self.n_kv_heads or self.n_heads
+        _require(self.n_heads % kv_heads == 0,
+                 f"model.n_heads={self.n_heads} must be divisible by model.n_kv_heads={kv_heads}")
+        head_dim = self.d_model // self.n_heads
+        _require(self.positions != "rope" or head_dim % 2 == 0,
+                 f"model.positions=rope needs an even head dimension: model.d_model={self.d_model} / "
+                 f"model.n_heads={self.n_heads} = {head_dim}")
+        _require(self.mixer != "ssm" or self.positions != "rope",
+                 "model.mixer=ssm cannot use model.positions=rope: rotary positions belong to attention")
+        _in_range("model", self, "dropout", 0, 1)
+        _require(self.rope_theta > 0, f"model.rope_theta={self.rope_theta} must be > 0")
+        _require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")
+        if self.moe.enabled:
+            _require(self.n_layers % self.moe.every == 0,
+                     f"model.moe.every={self.moe.every} must divide model.n_layers={self.n_layers}")
+            _require(not self.time.enabled,
+                     "model.time.enabled and model.moe.enabled cannot both be true: time-indexed sharing of an MoE "
+                     "FFN is not supported")
 
     def resolved_d_ff(self) -> int:
         if self.d_ff is not None:
@@ -112,6 +181,9 @@ class DataConfig:
     data_dir: str | None = None  # local copy of a hub corpus; else $CHIMERA_DATA_DIR, ../shared/data
     cache_dir: str | None = None  # token cache; else $CHIMERA_CACHE or ~/.cache/chimera_jax
 
+    def __post_init__(self) -> None:
+        _at_least("data", self, 1, "seq_len")
+
 
 @dataclass
 class OptimConfig:
@@ -123,6 +195,14 @@ class OptimConfig:
     b2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # global norm; <= 0 disables
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr={self.lr} must be > 0")
+        _in_range("optim", self, "min_lr_ratio", 0, 1, closed_high=True)
+        _at_least("optim", self, 0, "warmup_steps", "weight_decay")
+        _in_range("optim", self, "b1", 0, 1)
+        _in_range("optim", self, "b2", 0, 1)
+        _require(self.eps > 0, f"optim.eps={self.eps} must be > 0")
 
 
 @dataclass
@@ -140,6 +220,10 @@ class TrainConfig:
     run_dir: str | None = None  # None -> checkpoints/<name>
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        _at_least("train", self, 1, "steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches",
+                  "checkpoint_every", "keep_checkpoints")
+
 
 @dataclass
 class RunConfig:
@@ -149,9 +233,27 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        """The checks that span sections; each section has checked itself."""
+        m, d = self.model, self.data
+        _require(m.positions != "learned" or m.max_seq_len is None or d.seq_len <= m.max_seq_len,
+                 f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}, the learned positions")
+        _require(m.vocab_size is None or m.vocab_size >= VOCAB_SIZES[d.tokenizer],
+                 f"model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
+                 f"{VOCAB_SIZES[d.tokenizer]}")
+
     @property
     def run_dir(self) -> Path:
         return Path(self.train.run_dir or (Path("checkpoints") / self.name))
+
+
+def resolve_config(cfg: RunConfig, vocab_size: int) -> RunConfig:
+    """Fill the model fields that default to the data's: vocabulary size and maximum length."""
+    model = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab_size,
+                                max_seq_len=cfg.model.max_seq_len or cfg.data.seq_len)
+    _require(model.vocab_size >= vocab_size,
+             f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    return dataclasses.replace(cfg, model=model)
 
 
 def preset_path(name: str) -> Path:
@@ -185,12 +287,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, list[str]]
             i += 1
     if config_path is not None and not config_path.exists():
         raise SystemExit(f"config file not found: {config_path}")
-    cfg = draccus.parse(RunConfig, config_path=config_path, args=rest)
-    return cfg, extra
+    return _checked(draccus.parse, RunConfig, config_path=config_path, args=rest), extra
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    return draccus.parse(RunConfig, config_path=Path(path), args=list(overrides))
+    return _checked(draccus.parse, RunConfig, config_path=Path(path), args=list(overrides))
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -198,9 +299,18 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def from_yaml(text: str) -> RunConfig:
-    import io
+    return _checked(draccus.load, RunConfig, io.StringIO(text))
 
-    return draccus.load(RunConfig, io.StringIO(text))
+
+def _checked(parse, *args, **kwargs) -> RunConfig:
+    """Run a draccus parser, raising a failed check as the ConfigError it is rather than draccus's wrapper
+    ("Couldn't instantiate class ..."), which would hide the one line that names the field."""
+    try:
+        return parse(*args, **kwargs)
+    except ParsingError as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
 
 
 def replace(cfg, **changes):

@@ -1,10 +1,11 @@
-"""Checkpoints: exact resume after SIGKILL, corrupt newest skipped, config mismatch explained."""
+"""Checkpoints: exact resume after SIGKILL, corrupt newest skipped, config mismatch explained, model read alone."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import to_yaml
-from chimera_jax.models.registry import resolve_config
+from chimera_jax.config import resolve_config, to_yaml
 from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_model
 from chimera_jax.train.loop import train
 from chimera_jax.train.metrics import read_metrics
@@ -67,7 +67,7 @@ def _skeleton(cfg):
 
 def test_corrupt_newest_checkpoint_falls_back_with_warning(two_checkpoints, caplog):
     cfg, skeleton = _skeleton(two_checkpoints)
-    for f in (cfg.run_dir / "checkpoints" / "20" / "state").rglob("*"):
+    for f in (cfg.run_dir / "checkpoints" / "20" / "model").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
@@ -100,3 +100,19 @@ def test_scan_unroll_is_not_a_model_mismatch(two_checkpoints):
 def test_load_model_takes_config_from_checkpoint(two_checkpoints):
     model, cfg = load_model(two_checkpoints.run_dir)
     assert cfg.model.d_model == 32 and model.embed.weight.shape == (256, 32)
+
+
+def test_model_loads_without_the_optimizer_item(two_checkpoints):
+    """Evaluation reads the model item alone: with the optimizer's gone it gives the full restore's logits,
+    while resuming from that checkpoint fails naming the missing item."""
+    cfg, skeleton = _skeleton(two_checkpoints)
+    reference, _ = Checkpointer(cfg.run_dir).restore(skeleton, cfg)
+    for step in (10, 20):
+        shutil.rmtree(cfg.run_dir / "checkpoints" / str(step) / "train")
+
+    model, loaded_cfg = load_model(cfg.run_dir)
+    tokens = jnp.arange(16)[None] % 256
+    np.testing.assert_array_equal(model(tokens, inference=True)[0], reference.model(tokens, inference=True)[0])
+    assert loaded_cfg == cfg
+    with pytest.raises(CheckpointError, match="has no train item"):
+        Checkpointer(cfg.run_dir).restore(skeleton, cfg)

@@ -1,20 +1,28 @@
 """Orbax checkpoints of a TrainerState plus the run's config and data position.
 
-Arrays are saved as ``eqx.filter(state, eqx.is_array)`` and restored onto an ``eqx.filter_eval_shape``
-skeleton of the state the current config builds, so nothing in a checkpoint is ever executed: Orbax
-reads tensors (tensorstore) and JSON, never pickles.
+Each step holds three items: ``model`` (the model's arrays), ``train`` (the optimizer state, step and raw
+PRNG key data: what resuming needs besides the weights) and ``meta`` (JSON: the config, the data position).
+Evaluation and generation read ``model`` alone, so a checkpoint shipped without ``train`` still loads.
+Arrays are saved as ``eqx.filter(tree, eqx.is_array)`` and restored onto an ``eqx.filter_eval_shape``
+skeleton of what the current config builds, so nothing in a checkpoint is ever executed: Orbax reads
+tensors (tensorstore) and JSON, never pickles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import orbax.checkpoint as ocp
 
 from chimera_jax.config import RunConfig, from_yaml, to_yaml
+from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import is_param
+from chimera_jax.models.transformer import Decoder
+from chimera_jax.train.state import TrainerState
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,11 @@ def _manager(directory: Path, keep: int | None = None) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.resolve(), options=options)
 
 
+def _train_item(state: TrainerState) -> dict:
+    """The part of a state that only resuming needs: everything but the model."""
+    return {"opt_state": state.opt_state, "step": state.step, "key": state.key}
+
+
 class Checkpointer:
     """Save and restore TrainerStates under ``run_dir/checkpoints/<step>``; keeps the last ``keep``."""
 
@@ -39,44 +52,68 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, state, cfg: RunConfig, extra: dict | None = None) -> int:
+    def save(self, state: TrainerState, cfg: RunConfig, extra: dict | None = None) -> int:
         step = int(state.step)
         if step in self.manager.all_steps():  # e.g. a resumed run failing at once: that state is saved
             return step
         meta = {"step": step, "data_step": step, "config": to_yaml(cfg), **(extra or {})}
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(eqx.filter(state, eqx.is_array)), meta=ocp.args.JsonSave(meta)), force=True)
+            model=ocp.args.StandardSave(eqx.filter(state.model, eqx.is_array)),
+            train=ocp.args.StandardSave(eqx.filter(_train_item(state), eqx.is_array)),
+            meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
         return step
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore(self, skeleton, cfg: RunConfig | None = None, step: int | None = None):
+    def restore(self, skeleton: TrainerState, cfg: RunConfig | None = None,
+                step: int | None = None) -> tuple[TrainerState, dict]:
         """Restore the newest readable checkpoint (or ``step``) onto ``skeleton``: ``(state, meta)``.
 
         A newest checkpoint that cannot be read is skipped with a warning and the one before used.
-        A model config that differs from ``cfg.model`` raises CheckpointError naming the fields.
+        A model config that differs from ``cfg.model`` raises CheckpointError naming the fields, and so does
+        a checkpoint without its ``train`` item (a model for evaluation only).
         """
+        restored, meta = self._restore({"model": skeleton.model, "train": _train_item(skeleton)}, cfg, step)
+        return TrainerState(model=restored["model"], **restored["train"]), meta
+
+    def restore_model(self, skeleton: eqx.Module, cfg: RunConfig | None = None,
+                      step: int | None = None) -> tuple[eqx.Module, dict]:
+        """Like ``restore``, reading the ``model`` item alone onto a model skeleton: ``(model, meta)``."""
+        restored, meta = self._restore({"model": skeleton}, cfg, step)
+        return restored["model"], meta
+
+    def _restore(self, skeletons: dict, cfg: RunConfig | None, step: int | None) -> tuple[dict, dict]:
+        """Restore the items named by ``skeletons`` (concrete or eval_shape trees) from one checkpoint."""
         candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
         if not candidates:
             raise CheckpointError(f"no checkpoints in {self.directory}")
-        abstract = eqx.filter(skeleton, is_param)  # concrete or eval_shape skeletons
+        abstract = {name: eqx.filter(tree, is_param) for name, tree in skeletons.items()}
         for s in candidates:
+            where = self.directory / str(s)
             try:
                 meta = self.read_meta(s)
             except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way
                 log.warning("checkpoint %d in %s is unreadable (%s); trying an older one", s, self.directory, err)
                 continue
             if cfg is not None:
-                check_model_config(from_yaml(meta["config"]), cfg, self.directory / str(s))
+                check_model_config(from_yaml(meta["config"]), cfg, where)
+            # Orbax renames a checkpoint into place once all its items are written, so a missing item was
+            # removed on purpose (a model kept for evaluation), not lost in a crash: an error, not a fallback.
+            missing = [name for name in skeletons if not (where / name).is_dir()]
+            if missing:
+                raise CheckpointError(f"checkpoint {where} has no {', '.join(missing)} item: it was saved or "
+                                      "stripped without it, so it cannot restore a full training state "
+                                      "(load_model reads the model alone)")
             try:
-                restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+                restored = self.manager.restore(s, args=ocp.args.Composite(
+                    **{name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}))
             except Exception as err:  # noqa: BLE001
                 log.warning("checkpoint %d in %s is incomplete or corrupt (%s); trying an older one", s,
                             self.directory, err)
                 continue
-            return eqx.combine(restored["state"], skeleton), meta
+            return {name: eqx.combine(restored[name], tree) for name, tree in skeletons.items()}, meta
         raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {candidates})")
 
     def close(self) -> None:
@@ -98,8 +135,6 @@ def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> Non
 
 
 def _flat(obj, prefix: str = "") -> dict:
-    import dataclasses
-
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -121,18 +156,14 @@ def load_run_config(run_dir: str | Path, step: int | None = None) -> RunConfig:
     raise CheckpointError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}")
 
 
-
-def load_model(run_dir: str | Path, step: int | None = None):
-    """``(model, cfg)`` from a run directory: the config comes from the checkpoint itself."""
-    from chimera_jax.train.optimizer import make_optimizer
-    from chimera_jax.train.state import init_state
-
+def load_model(run_dir: str | Path, step: int | None = None) -> tuple[Decoder, RunConfig]:
+    """``(model, cfg)`` from a run directory, reading only its ``model`` item; the config is the checkpoint's."""
     cfg = load_run_config(run_dir, step)
-    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
-    skeleton = eqx.filter_eval_shape(init_state, cfg, optimizer)
+    # Shapes only: the key is never used to draw numbers, and no optimizer is built.
+    skeleton = eqx.filter_eval_shape(build_model, cfg.model, jax.random.PRNGKey(0))
     ckpt = Checkpointer(run_dir, keep=None)
     try:
-        state, _ = ckpt.restore(skeleton, cfg, step)
+        model, _ = ckpt.restore_model(skeleton, cfg, step)
     finally:
         ckpt.close()
-    return state.model, cfg
+    return model, cfg
