@@ -4,12 +4,13 @@ XLA:CPU allocates its output and temporary buffers on every call. glibc serves a
 32 MiB with a fresh ``mmap`` and unmaps it on free, so every call page-faults its large buffers (an
 MoE layer's 64 MiB weight gradients, say) in again. One arena (``MALLOC_ARENA_MAX``; other threads'
 arenas cannot hold large blocks and fall back to mmap), no mmap, and no trimming keep freed memory for
-reuse. The cost: the process keeps its peak heap until it exits. Measured with ``scripts/bench_moe.py``
-with and without (docs/moe.md): the MoE layer 10-20% faster, train steps ~10% faster.
+reuse. The cost: the process keeps its peak heap until it exits. What it buys: docs/moe.md ("Malloc
+settings", measured with ``chimera-bench-moe`` with and without).
 
-glibc reads these only at start-up, so the scripts re-execute themselves once with them
-(``reexec_with_tuned_malloc``) and ``python -m chimera_jax.malloc CMD ...`` runs any command with
-them (the Makefile's test target). ``CHIMERA_MALLOC=off`` turns both off.
+glibc reads these only at start-up, so every command re-executes itself once with them
+(``reexec_with_tuned_malloc``, called by ``chimera_jax.cli.entry.launch``, which ``scripts/*.py`` and the
+``chimera-*`` console commands go through) and ``python -m chimera_jax.malloc CMD ...`` runs any command
+with them (the Makefile's test target). ``CHIMERA_MALLOC=off`` turns both off.
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ def applies() -> bool:
 
 
 def reexec_with_tuned_malloc() -> None:
-    """Restart this Python process with ``TUNED`` in its environment (same PID, same arguments)."""
+    """Restart this Python process with ``TUNED`` in its environment (same PID, same arguments).
+
+    ``sys.orig_argv`` is the command line as the interpreter received it: ``python scripts/train.py ...``,
+    ``python -m pkg ...``, or a console command's ``python .../bin/chimera-train ...`` (its shebang line), so
+    the restart runs the same program.
+    """
     if applies():
         os.environ.update(TUNED)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -1,17 +1,12 @@
-"""scripts/plot_experts.py: expert-utilisation plots from a run's metrics and from its checkpoint."""
+"""chimera-plot-experts: expert-utilisation plots from a run's metrics and from its checkpoint."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from chimera_jax.cli import plot_experts
 from chimera_jax.train.loop import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import plot_experts  # noqa: E402
 
 MOE = ("--model.moe.enabled", "true", "--model.moe.num_experts", "4", "--model.moe.top_k", "2",
        "--model.moe.d_ff", "32")

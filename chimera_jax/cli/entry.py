@@ -1,0 +1,42 @@
+"""The one way in for every command: ``scripts/NAME.py`` and the ``chimera-NAME`` console commands.
+
+``launch`` re-executes the process with the tuned malloc settings (chimera_jax/malloc.py) before the
+command's module, and so JAX, is imported, then runs the command's ``main(argv)``. A bad command line or
+config (``ConfigError``, or draccus's own parse errors) ends as one ``error: ...`` line on stderr and exit
+status 2; ``--debug``, anywhere on the command line, shows the traceback instead. ``--help`` prints the
+command module's docstring (its usage) above the flags its parser lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from draccus.utils import DraccusException
+
+from chimera_jax.cli.args import one_line
+from chimera_jax.config import ConfigError
+from chimera_jax.malloc import reexec_with_tuned_malloc
+
+
+def launch(command: str) -> None:
+    """Run ``chimera_jax.cli.<command>.main`` on this process's arguments."""
+    reexec_with_tuned_malloc()  # glibc reads its settings at start-up: see chimera_jax/malloc.py
+    argv = [arg for arg in sys.argv[1:] if arg != "--debug"]
+    module = importlib.import_module(f"chimera_jax.cli.{command}")
+    if "--help" in argv or "-h" in argv:
+        print(module.__doc__)  # the usage and examples; the parser lists every flag after it
+    try:
+        module.main(argv)
+    except (ConfigError, DraccusException, argparse.ArgumentError) as err:
+        if "--debug" in sys.argv:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def console() -> None:
+    """The ``chimera-NAME`` console commands (pyproject.toml): the program's name says which command."""
+    launch(Path(sys.argv[0]).stem.removeprefix("chimera-").replace("-", "_"))

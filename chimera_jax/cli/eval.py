@@ -1,0 +1,46 @@
+"""Evaluate a checkpoint in JAX: tokens scored, mean loss, perplexity and bits per byte under a stated protocol.
+
+    chimera-eval --checkpoint RUN_DIR [--step N] [--data NAME] [--split validation] [--seq-len 512]
+        [--stride 512] [--max-windows N] [--batch-size 8] [--depth L] [--json out.json]
+    python scripts/eval.py --checkpoint checkpoints/dense --split test --seq-len 128 --stride 64
+
+The model comes from the checkpoint; every protocol flag left out is the run's own (its corpus,
+tokenizer and seq_len). stride == seq-len gives non-overlapping windows (seed 000's protocol); stride <
+seq-len gives sliding windows that score only the new tokens. ``--depth`` runs a time-indexed model's
+shared block L times.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from chimera_jax.cli.args import PROTOCOL_ALIASES, parse, protocol_of
+from chimera_jax.config import ConfigError
+from chimera_jax.eval.protocol import EvalProtocol
+
+
+@dataclass(kw_only=True)
+class EvalArgs(EvalProtocol):
+    checkpoint: str  # run directory (holds checkpoints/)
+    step: int | None = None  # checkpoint step; None: the newest readable
+    depth: int | None = None  # time-indexed models: run the shared block this many times
+    json: str | None = None  # also write the result to this JSON file
+
+
+def main(argv: Sequence[str]) -> dict:
+    args = parse(EvalArgs, argv, aliases=PROTOCOL_ALIASES)
+    if not (Path(args.checkpoint) / "checkpoints").is_dir():
+        raise ConfigError(f"checkpoint: {args.checkpoint} is not a run directory (no checkpoints/ in it)")
+    from chimera_jax.eval.run import evaluate_checkpoint  # JAX loads only once the arguments are known good
+
+    result = evaluate_checkpoint(args.checkpoint, protocol_of(args), step=args.step, depth=args.depth, progress=True)
+    p = result["protocol"]
+    print(f"{p['corpus']}/{p['split']}: {result['tokens_scored']:,} tokens  loss {result['loss']:.4f}  "
+          f"ppl {result['perplexity']:.3f}  bpb {result['bits_per_byte']:.4f}  "
+          f"(tokenizer {p['tokenizer']}, seq-len {p['seq_len']}, stride {p['stride']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result

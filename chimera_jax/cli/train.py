@@ -1,0 +1,40 @@
+"""Train a model.
+
+    chimera-train --model NAME [--config FILE] [--resume] [--train.steps 200 --optim.lr 3e-4 ...]
+    python scripts/train.py --model ti_ssm
+
+``--model NAME`` loads configs/NAME.yaml, ``--config FILE`` any file; dotted flags override any field
+(``--train.batch-size`` is ``--train.batch_size``). Re-running the same run directory (``--resume`` says
+so explicitly) continues from its newest checkpoint. A bad value, combination or corpus name stops with
+one line before any data is read or JAX is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from chimera_jax import data
+from chimera_jax.cli.args import normalise
+from chimera_jax.config import ConfigError, DataConfig, parse_args
+
+
+def check_corpora(cfg: DataConfig) -> None:
+    """The corpus names, fallback included, are ones we can load: checked from the name alone, reading nothing."""
+    for field, corpus in (("data.corpus", cfg.corpus), ("data.fallback", cfg.fallback)):
+        if corpus is not None:
+            try:
+                data.check_corpus(corpus)
+            except ValueError as err:
+                raise ConfigError(f"{field}: {err}") from None
+
+
+def main(argv: Sequence[str]) -> dict:
+    cfg, _ = parse_args([normalise(arg) for arg in argv])  # --resume: resuming is the default anyway
+    check_corpora(cfg.data)
+    from chimera_jax.train.loop import format_summary, train  # JAX loads only once the config is known good
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = train(cfg)
+    print(format_summary(summary))
+    return summary
