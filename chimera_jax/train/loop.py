@@ -7,14 +7,13 @@ import math
 import time
 
 import jax
-import numpy as np
 from tqdm.auto import tqdm
 
 from chimera_jax import data
-from chimera_jax.config import RunConfig, replace, to_yaml
-from chimera_jax.eval.perplexity import evaluate, token_byte_lengths
+from chimera_jax.config import RunConfig, replace, resolve_config, to_yaml
+from chimera_jax.eval.perplexity import evaluate_model
+from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.params import format_report, param_report
-from chimera_jax.models.registry import resolve_config
 from chimera_jax.tokenizer import get_tokenizer
 from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_run_config
 from chimera_jax.train.metrics import MetricsLogger
@@ -29,11 +28,11 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def validate(model, cfg: RunConfig, tokens: np.ndarray, token_bytes: np.ndarray | None = None) -> dict:
-    """The loop's validation: the first ``eval_batches * batch_size`` non-overlapping windows."""
-    return evaluate(model, tokens, seq_len=cfg.data.seq_len, stride=cfg.data.seq_len,
-                    batch_size=cfg.train.batch_size, max_windows=cfg.train.eval_batches * cfg.train.batch_size,
-                    token_bytes=token_bytes, tokenizer=cfg.data.tokenizer)
+def validation_protocol(cfg: RunConfig) -> EvalProtocol:
+    """The loop's validation: the first ``eval_batches * batch_size`` non-overlapping windows of the run's
+    validation split, so ``chimera_jax.eval.run.evaluate_checkpoint`` with this protocol reproduces it."""
+    return EvalProtocol(split="validation", stride=cfg.data.seq_len, batch_size=cfg.train.batch_size,
+                        max_windows=cfg.train.eval_batches * cfg.train.batch_size).resolved_for(cfg)
 
 
 def recorded_corpus(cfg: RunConfig) -> str | None:
@@ -53,11 +52,11 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
     tc = cfg.train
     cfg = replace(cfg, data=data.with_fallback(cfg.data, recorded_corpus(cfg)))
     # Everything that can be wrong with the data is found before any compile.
+    val_protocol = validation_protocol(cfg)
     train_tokens = data.load_tokens(cfg.data, "train")
-    val_tokens = data.load_tokens(cfg.data, "validation")
+    val_stream = data.load_stream(val_protocol.data_config(cfg.data), "validation")
     data.check_split_length(train_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/train")
-    data.check_split_length(val_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/validation")
-    token_bytes = token_byte_lengths(tokenizer)
+    data.check_split_length(val_stream.tokens, cfg.data.seq_len, f"{cfg.data.corpus}/validation")
 
     optimizer = make_optimizer(cfg.optim, tc.steps)
     schedule = lr_schedule(cfg.optim, tc.steps)
@@ -106,9 +105,8 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
                 scalars = logger.log(done, {**jax.device_get(metrics), "tokens_per_s": tok_s})
                 bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
             if done % tc.eval_every == 0 or done == tc.steps:
-                val = validate(state.model, cfg, val_tokens, token_bytes)
-                logger.log(done, {k: val[k] for k in ("loss", "perplexity", "bits_per_byte") if val[k] is not None},
-                           split="validation")
+                val = evaluate_model(state.model, val_stream, val_protocol)
+                logger.log(done, {k: val[k] for k in ("loss", "perplexity", "bits_per_byte")}, split="validation")
                 bar.write(f"step {done}: val loss {val['loss']:.4f}  ppl {val['perplexity']:.2f}  "
                           f"bpb {val['bits_per_byte']:.4f}")
             if done % tc.checkpoint_every == 0 or done == tc.steps:
