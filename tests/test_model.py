@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from chimera_jax.config import ModelConfig, MoEConfig, TimeConfig
+from chimera_jax.models.attention import Attention, fused_attention, reference_attention
+from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import param_report
-from chimera_jax.models.registry import build_model
 from chimera_jax.models.transformer import Context
 
 
@@ -51,11 +52,48 @@ def test_key_padding_mask_hides_padded_keys():
     np.testing.assert_allclose(a[:, keep], b[:, keep], atol=1e-6)
 
 
+@pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "right_padding"])
+def test_fused_attention_equals_the_reference(n_kv_heads, padded):
+    """``jax.nn.dot_product_attention`` and the Haliax reference: same output and gradients (f32)."""
+    B, T, H, hd = 2, 7, 4, 8
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    q = jax.random.normal(k[0], (B, T, H, hd))
+    kv = [jax.random.normal(kk, (B, T, n_kv_heads, hd)) for kk in k[1:3]]
+    cotangent = jax.random.normal(k[3], (B, T, H, hd))
+    # The second sequence has 4 real tokens and 3 padding keys at its end.
+    key_mask = jnp.arange(T)[None] < jnp.array([[T], [4]]) if padded else None
+
+    def loss(core, *qkv):
+        return jnp.sum(core(*qkv, key_mask) * cotangent)
+
+    fused = jax.value_and_grad(lambda *a: loss(fused_attention, *a), argnums=(0, 1, 2))(q, *kv)
+    reference = jax.value_and_grad(lambda *a: loss(reference_attention, *a), argnums=(0, 1, 2))(q, *kv)
+    np.testing.assert_allclose(fused_attention(q, *kv, key_mask), reference_attention(q, *kv, key_mask),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused[0], reference[0], rtol=1e-5)
+    for a, b in zip(fused[1], reference[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    if padded:  # the mask is used: queries past the padding would otherwise see the padded keys
+        assert not np.allclose(fused_attention(q, *kv, key_mask)[1, 4:], fused_attention(q, *kv, None)[1, 4:])
+
+
+def test_rope_sees_only_relative_positions():
+    """Shifting every position leaves rotary attention unchanged; another order of positions does not."""
+    attention = Attention(32, 4, 2, key=jax.random.PRNGKey(0), rope_theta=100.0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 9, 32))
+    base = attention(x, inference=True)
+    np.testing.assert_array_equal(attention(x, positions=jnp.arange(9), inference=True), base)
+    shift_error = np.abs(attention(x, positions=jnp.arange(9) + 37, inference=True) - base).max()
+    stretched = np.abs(attention(x, positions=2 * jnp.arange(9), inference=True) - base).max()
+    assert shift_error < 1e-6 < 1e-3 * np.abs(base).max() < stretched
+
+
 def test_scan_equals_unrolled_layers():
     """The scanned stack gives exactly what running each layer's weights in turn gives."""
     model = build_model(tiny(), jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(2), (2, 8, 32))
-    ctx = Context(key_mask=None, rope=None, inference=True)
+    ctx = Context(key_mask=None, inference=True)
     scanned, _ = model.stack(x, ctx, None)
     stacked = model.stack.groups[0]
     h = x

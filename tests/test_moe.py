@@ -12,12 +12,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import ModelConfig, MoEConfig, OptimConfig, RunConfig, TrainConfig, load_config, preset_path
+from chimera_jax.config import (
+    ModelConfig,
+    MoEConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+    preset_path,
+    resolve_config,
+)
+from chimera_jax.models.builder import build_model, make_ffn
 from chimera_jax.models.dispatch import capacity_dispatch, capacity_slots, dense_dispatch
 from chimera_jax.models.grouped import grouped_blocks, grouped_fair_share, grouped_ragged
-from chimera_jax.models.moe import MoE
 from chimera_jax.models.params import param_report
-from chimera_jax.models.registry import build_model, resolve_config
 from chimera_jax.models.routing import Routing, balance_loss, routing_stats, z_loss
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import init_state
@@ -54,7 +62,7 @@ def test_sparse_dispatches_equal_dense_in_outputs_and_gradients(E, k, shape, ffn
     the gradient of every parameter (router and experts) and of the input."""
     base = dataclasses.replace(moe_cfg(num_experts=E, top_k=k, bias=bias, gate=gate), ffn=ffn)
     # Capacity C = ceil(cf * k * N / E) >= N, the most any one expert can receive.
-    layers = {d: MoE(with_dispatch(base, d, capacity_factor=E / k), key=jax.random.PRNGKey(0))
+    layers = {d: make_ffn(with_dispatch(base, d, capacity_factor=E / k), jax.random.PRNGKey(0), moe=True)
               for d in ("dense", "capacity", "dropless")}
     x = jax.random.normal(jax.random.PRNGKey(1), (*shape, 16))
     cotangent = jax.random.normal(jax.random.PRNGKey(2), x.shape)
@@ -84,7 +92,7 @@ def test_grouped_ffns_agree(sizes):
     """The GPU/TPU grouped matmul (ragged_dot), the block scan and the CPU fair-share split give the same
     values and gradients: empty groups, groups spanning several blocks, rows past the fair share (3 of
     13 rows over 5 experts) for some, all or none of the experts."""
-    experts = MoE(moe_cfg(num_experts=5, top_k=2, bias=True), key=jax.random.PRNGKey(0)).experts
+    experts = make_ffn(moe_cfg(num_experts=5, top_k=2, bias=True), jax.random.PRNGKey(0), moe=True).experts
     sizes = jnp.array(sizes)
     rows = jax.random.normal(jax.random.PRNGKey(1), (13, 16))
 
@@ -99,7 +107,7 @@ def test_grouped_ffns_agree(sizes):
 
 
 def test_block_scan_skip_leaves_out_the_first_rows_of_each_group():
-    experts = MoE(moe_cfg(num_experts=3, top_k=1, bias=True), key=jax.random.PRNGKey(0)).experts
+    experts = make_ffn(moe_cfg(num_experts=3, top_k=1, bias=True), jax.random.PRNGKey(0), moe=True).experts
     sizes = jnp.array([4, 1, 3])
     rows = jax.random.normal(jax.random.PRNGKey(1), (8, 16))
     full = grouped_blocks(experts, rows, sizes, block=2)
@@ -119,7 +127,7 @@ def test_capacity_drops_the_expected_assignments():
     expected_kept = np.array([[1, 0], [1, 1], [1, 0], [1, 0], [1, 0]], bool)
     np.testing.assert_array_equal(kept, expected_kept)
 
-    experts = MoE(moe_cfg(num_experts=3, top_k=2, bias=True), key=jax.random.PRNGKey(0)).experts
+    experts = make_ffn(moe_cfg(num_experts=3, top_k=2, bias=True), jax.random.PRNGKey(0), moe=True).experts
     x = jax.random.normal(jax.random.PRNGKey(1), (5, 16))
     survivors = routing._replace(gates=routing.gates * expected_kept)
 
@@ -164,13 +172,13 @@ def test_balance_and_z_loss_closed_forms():
 
 def test_aux_loss_is_the_weighted_sum():
     cfg = moe_cfg(num_experts=4, top_k=2, balance_loss_weight=0.3, z_loss_weight=0.07)
-    _, aux = MoE(cfg, key=jax.random.PRNGKey(0))(jnp.ones((1, 3, 16)), inference=True)
+    _, aux = make_ffn(cfg, jax.random.PRNGKey(0), moe=True)(jnp.ones((1, 3, 16)), inference=True)
     assert float(aux["aux_loss"]) == pytest.approx(0.3 * float(aux["balance_loss"]) + 0.07 * float(aux["z_loss"]))
     assert aux["expert_load"].shape == (4,) and float(aux["expert_load"].sum()) == pytest.approx(1.0)
 
 
 def test_noise_and_jitter_only_in_training_and_seeded():
-    layer = MoE(moe_cfg(num_experts=4, top_k=2, noisy=True, jitter=0.1), key=jax.random.PRNGKey(0))
+    layer = make_ffn(moe_cfg(num_experts=4, top_k=2, noisy=True, jitter=0.1), jax.random.PRNGKey(0), moe=True)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 16))
     k1, k2 = jax.random.PRNGKey(5), jax.random.PRNGKey(6)
     calls = [(None, True), (k1, True), (None, False), (k1, False), (k1, False), (k2, False)]
@@ -186,7 +194,8 @@ def test_noise_and_jitter_only_in_training_and_seeded():
 def test_tiny_moe_model_trains_and_compiles_once():
     """MoE every 2nd layer (groups in the scanned stack), dropless; the step traces once and the loss
     falls on a fixed batch. Per-layer routing metrics come out of the step."""
-    model = dataclasses.replace(moe_cfg(d_model=32, num_experts=4, top_k=2, every=2, noisy=True), n_layers=4)
+    model = dataclasses.replace(moe_cfg(d_model=32, num_experts=4, top_k=2, every=2, noisy=True), n_layers=4,
+                                vocab_size=256)  # a RunConfig requires the byte tokenizer's vocabulary
     cfg = RunConfig(name="tiny_moe", model=model, optim=OptimConfig(lr=1e-2, warmup_steps=2),
                     train=TrainConfig(steps=12, batch_size=4))
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)

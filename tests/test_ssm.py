@@ -10,14 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import ModelConfig, SSMConfig
+from chimera_jax.config import SSMConfig
 from chimera_jax.models.ssm import SelectiveSSM, selective_scan
 from chimera_jax.train.optimizer import decay_mask
 
+D = 16
 
-def tiny(**ssm) -> ModelConfig:
-    return ModelConfig(vocab_size=61, max_seq_len=16, d_model=16, n_layers=2, n_heads=2, mixer="ssm",
-                       positions="none", ssm=SSMConfig(state_size=4, **ssm))
+
+def tiny(**ssm) -> SSMConfig:
+    return SSMConfig(state_size=4, **ssm)
 
 
 def scan_inputs(key, B=2, T=9, Di=6, N=4):
@@ -55,7 +56,7 @@ def test_scan_matches_the_recurrence_written_out():
 
 @pytest.mark.parametrize("method", ["associative", "sequential"])
 def test_mixer_is_causal(method):
-    ssm = SelectiveSSM(tiny(scan=method), key=jax.random.PRNGKey(0))
+    ssm = SelectiveSSM(D, tiny(scan=method), key=jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 16))
     changed = x.at[:, 6].add(1.0)
     a, b = ssm(x), ssm(changed)
@@ -64,15 +65,15 @@ def test_mixer_is_causal(method):
 
 
 def test_mixer_scans_agree_end_to_end():
-    par = SelectiveSSM(tiny(scan="associative"), key=jax.random.PRNGKey(0))
-    seq = SelectiveSSM(tiny(scan="sequential"), key=jax.random.PRNGKey(0))
+    par = SelectiveSSM(D, tiny(scan="associative"), key=jax.random.PRNGKey(0))
+    seq = SelectiveSSM(D, tiny(scan="sequential"), key=jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 16))
     np.testing.assert_allclose(par(x), seq(x), rtol=1e-5, atol=1e-6)
 
 
 def test_init_dt_range_and_s4d_real_A():
     cfg = tiny(dt_min=1e-3, dt_max=1e-1)
-    ssm = SelectiveSSM(cfg, key=jax.random.PRNGKey(0))
+    ssm = SelectiveSSM(D, cfg, key=jax.random.PRNGKey(0))
     dt = jax.nn.softplus(ssm.dt_bias)
     assert float(dt.min()) >= 1e-3 * (1 - 1e-4) and float(dt.max()) <= 1e-1 * (1 + 1e-4)
     np.testing.assert_allclose(ssm.A, -jnp.broadcast_to(jnp.arange(1.0, 5.0), ssm.A.shape), rtol=1e-6)
@@ -81,7 +82,7 @@ def test_init_dt_range_and_s4d_real_A():
 
 def test_param_count_closed_form_and_decay_names():
     cfg = tiny(expand=3, conv_kernel=3)
-    ssm = SelectiveSSM(cfg, key=jax.random.PRNGKey(0))
+    ssm = SelectiveSSM(D, cfg, key=jax.random.PRNGKey(0))
     d, di, n, k, r = 16, 48, 4, 3, math.ceil(16 / 16)
     expected = d * 2 * di + k * di + di + di * (r + 2 * n) + r * di + di + di * n + di + di * d
     assert sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(ssm, eqx.is_array))) == expected

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 
 from chimera_jax.config import ModelConfig, OptimConfig, RunConfig, SSMConfig, TimeConfig, TrainConfig
+from chimera_jax.data import TokenStream
 from chimera_jax.eval import modulation
+from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.models.builder import build_model, make_block, make_stack
 from chimera_jax.models.params import param_report
-from chimera_jax.models.registry import build_model, make_block
-from chimera_jax.models.time_indexed import TimeIndexedStack, with_depth
+from chimera_jax.models.time_indexed import with_depth
 from chimera_jax.models.transformer import ScannedStack
-from chimera_jax.train.optimizer import make_optimizer
+from chimera_jax.train.optimizer import decay_mask, make_optimizer
 from chimera_jax.train.state import init_state
 from chimera_jax.train.step import make_train_step
 
-V, D, F, L, E, H = 61, 16, 32, 3, 8, 6
+V, D, F, L, E, H = 256, 16, 32, 3, 8, 6  # V: the byte tokenizer's, which a RunConfig requires
 
 
 def tiny(mixer: str = "attention", gate: str = "out", **time) -> ModelConfig:
@@ -56,7 +58,7 @@ def test_whole_model_is_causal(mixer):
 def test_init_gates_and_effective_weights_are_the_usual_init(mixer):
     cfg = tiny(mixer, gate="in_out", gate_init=0.3)
     key = jax.random.PRNGKey(0)
-    stack = TimeIndexedStack(cfg, key=key)
+    stack = make_stack(cfg, key)
     for g in jax.vmap(stack.modulation)(stack.times()):
         np.testing.assert_allclose(g, 0.3, rtol=1e-5)
     usual = make_block(cfg, jax.random.split(key)[0])  # the stack's own block key
@@ -65,6 +67,29 @@ def test_init_gates_and_effective_weights_are_the_usual_init(mixer):
         leaves = jax.tree_util.tree_leaves(gated(stack, jnp.asarray(t)))
         for a, b in zip(leaves, jax.tree_util.tree_leaves(usual), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_optimizer_gates_and_report_share_one_rule_for_roles():
+    """roles.py decides for all three: the leaves the optimizer decays are the matrices the report counts and,
+    in the shared block, the ones gated as matrices; the block's leaves fall into the documented roles."""
+    model = build_model(tiny("ssm"), jax.random.PRNGKey(0))
+    params = eqx.filter(model, eqx.is_array)
+    name = lambda path: jax.tree_util.keystr(path, simple=True, separator=".")  # noqa: E731
+    sizes = {name(path): leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    decayed = {name(path) for path, d in jax.tree_util.tree_flatten_with_path(decay_mask(params))[0] if d}
+    assert param_report(model)["matrix"] == sum(sizes[p] for p in decayed)
+
+    specs = model.stack.modulation.specs
+    in_block = lambda paths: {p.removeprefix("stack.block.") for p in paths if p.startswith("stack.block.")}  # noqa: E731
+    matrices = {"mixer.w_in.weight", "mixer.w_conv", "mixer.w_x.weight", "mixer.w_dt.weight", "mixer.w_out.weight",
+                "ffn.w_in.weight", "ffn.w_out.weight"}
+    channels = {"norm_mixer.scale", "norm_ffn.scale", "mixer.D", "mixer.dt_bias"}
+    others = {"norm_mixer.bias", "norm_ffn.bias", "mixer.conv_bias", "mixer.A_log", "ffn.w_in.bias", "ffn.w_out.bias"}
+    assert in_block(sizes) == matrices | channels | others
+    assert in_block(decayed) == {s.path for s in specs if s.kind != "vector"} == matrices
+    assert {s.path for s in specs if s.kind == "vector"} == channels
+    assert decayed - {f"stack.block.{p}" for p in matrices} == {
+        "embed.weight", "stack.modulation.hidden.weight", "stack.modulation.head.weight"}
 
 
 def abstract_model(cfg: ModelConfig):
@@ -133,5 +158,7 @@ def test_exploration_api_shapes():
     stats = modulation.ssm_dynamics(model, TOKENS)
     assert stats["dt"].shape == (L, 2 * D) and stats["decay"].shape == (L, 2 * D, 4) and stats["A"].shape == (2 * D, 4)
     assert ((stats["decay"] > 0) & (stats["decay"] < 1)).all()
-    losses = modulation.depth_losses(model, np.asarray(TOKENS).ravel().repeat(3), [1, 3], seq_len=8, batch_size=2)
+    stream = TokenStream("probe", np.asarray(TOKENS).ravel().repeat(3), np.ones(V, np.int64))
+    protocol = EvalProtocol(corpus="bbc_news", tokenizer="t", seq_len=8, stride=8, batch_size=2)
+    losses = modulation.depth_losses(model, stream, protocol, [1, 3])
     assert set(losses) == {1, 3} and all(np.isfinite(v) for v in losses.values())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from chimera_jax import data
-from chimera_jax.models.registry import resolve_config
+from chimera_jax.config import resolve_config
 from chimera_jax.train import step as step_module
 from chimera_jax.train.checkpoint import Checkpointer
 from chimera_jax.train.loop import NonFiniteLoss, train

@@ -10,8 +10,8 @@ implementations run that FFN's code unchanged, with each of its Linear layers sw
   expert's weight per block, skipping unused blocks.
 - ``grouped_fair_share`` (CPU): each expert's first ``ceil(M / E)`` rows (its fair share) through the
   experts as one batched FFN over ``[E, C, D]`` buffers, like ``capacity`` dispatch, and only the rows
-  past it through ``grouped_blocks``. Batched matmuls need no per-block weight copies, so this is
-  10-20% faster than the block scan alone (scripts/bench_moe.py, section 2).
+  past it through ``grouped_blocks``. Batched matmuls need no per-block weight copies, so this beats
+  the block scan alone (docs/moe.md, "The CPU grouped FFN", has the figures).
 
 ``grouped_ffn`` picks ragged_dot on GPU/TPU and the fair-share split on CPU, when lowering for the
 platform.
@@ -31,9 +31,8 @@ def block_rows(rows: int, num_experts: int) -> int:
     """Rows per block on CPU: half an expert's fair share, as a power of two in [16, 512].
 
     Padding costs under one block per expert (about a quarter of the rows at this size); each block is
-    one loop step and one matmul, so smaller blocks pay per-step overhead. Measured for one layer,
-    forward + backward: 2,048 rows over 16 experts (seed 000): 32 and 64 best, 256 ~25% and 512 ~2x
-    slower; 4,096 rows over 8 experts: 64 to 256 tie, 32 and 512 ~20% slower.
+    one loop step and one matmul, so smaller blocks pay per-step overhead (docs/moe.md, "What was tried
+    for the CPU grouped matmul", has the block-size timings).
     """
     share = max(rows // (2 * num_experts), 1)
     return min(max(1 << (share.bit_length() - 1), 16), 512)

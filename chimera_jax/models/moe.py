@@ -1,24 +1,23 @@
-"""Mixture-of-Experts FFN: a drop-in for the dense FFN of a block (``registry.make_ffn(..., moe=True)``).
+"""Mixture-of-Experts FFN: a drop-in for the dense FFN of a block.
 
 A router (routing.py) sends each token to k of E expert FFNs; a dispatch (dispatch.py) runs them. The
-experts are the dense FFN itself (``registry.make_ffn``: GELU or SwiGLU per ``model.ffn``), built E
-times with ``filter_vmap`` so each projection is one stacked array ``w_in.weight: [E, D, F]`` (optimizer
-weight decay finds it by name), never a Python list of modules.
+experts are the dense FFN itself: ``make_expert`` (builder.py passes the model's MLP factory) is called E
+times under ``filter_vmap``, so each projection is one stacked array ``w_in.weight: [E, D, F]`` (a matrix
+by its name, roles.py), never a Python list of modules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from chimera_jax.config import ModelConfig
+from chimera_jax.config import MoEConfig
 from chimera_jax.models.dispatch import capacity_dispatch, dense_dispatch, dropless_dispatch
 from chimera_jax.models.layers import MLP, dropout
-from chimera_jax.models.registry import make_ffn
 from chimera_jax.models.routing import Router, routing_stats
 
 DISPATCHES = ("dense", "capacity", "dropless")
@@ -41,36 +40,38 @@ class MoE(eqx.Module):
     z_loss_weight: float = eqx.field(static=True)
     dropout_rate: float = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
-        moe = cfg.moe
+    def __init__(self, d_model: int, moe: MoEConfig, make_expert: Callable[[PRNGKeyArray], MLP], *,
+                 key: PRNGKeyArray, dropout_rate: float = 0.0):
+        """``make_expert(key)`` builds one expert FFN without dropout: dropout acts once on the combined
+        output (as MLP's on its output), so every dispatch sees the same mask."""
         if moe.dispatch not in DISPATCHES:
             raise ValueError(f"unknown moe.dispatch {moe.dispatch!r}: expected one of {DISPATCHES}")
         k_router, k_experts = jax.random.split(key)
-        self.router = Router(cfg.d_model, moe.num_experts, moe.top_k, key=k_router, kind=moe.gate,
+        self.router = Router(d_model, moe.num_experts, moe.top_k, key=k_router, kind=moe.gate,
                              noisy=moe.noisy, jitter=moe.jitter, bias=moe.bias)
-        # Dropout acts once on the combined output (as MLP's on its output), so every dispatch sees the same mask.
-        expert_cfg = dataclasses.replace(cfg, d_ff=moe.d_ff or cfg.resolved_d_ff(), bias=moe.bias, dropout=0.0)
-        self.experts = eqx.filter_vmap(lambda k: make_ffn(expert_cfg, k, moe=False))(
-            jax.random.split(k_experts, moe.num_experts))
+        self.experts = eqx.filter_vmap(make_expert)(jax.random.split(k_experts, moe.num_experts))
         self.num_experts, self.top_k, self.dispatch = moe.num_experts, moe.top_k, moe.dispatch
         self.capacity_factor = moe.capacity_factor
         self.balance_loss_weight, self.z_loss_weight = moe.balance_loss_weight, moe.z_loss_weight
-        self.dropout_rate = cfg.dropout
+        self.dropout_rate = dropout_rate
 
     def __call__(self, x: Float[Array, "B T D"], *, key: PRNGKeyArray | None = None,
                  inference: bool = False) -> tuple[Float[Array, "B T D"], dict[str, Array]]:
         k_route, k_drop = jax.random.split(key) if key is not None else (None, None)
         tokens = x.reshape(-1, x.shape[-1])
-        routing = self.router(tokens, key=k_route, inference=inference)
-        if self.dispatch == "dense":
-            y, kept = dense_dispatch(self.experts, tokens, routing)
-        elif self.dispatch == "capacity":
-            y, kept = capacity_dispatch(self.experts, tokens, routing, self.capacity_factor)
-        else:
-            y, kept = dropless_dispatch(self.experts, tokens, routing)
-        aux = routing_stats(routing, kept)
-        aux["aux_loss"] = self.balance_loss_weight * aux["balance_loss"] + self.z_loss_weight * aux["z_loss"]
-        return dropout(y.reshape(x.shape), self.dropout_rate, k_drop, inference), aux
+        with jax.named_scope("moe"):
+            with jax.named_scope("router"):
+                routing = self.router(tokens, key=k_route, inference=inference)
+            with jax.named_scope(f"dispatch_{self.dispatch}"):
+                if self.dispatch == "dense":
+                    y, kept = dense_dispatch(self.experts, tokens, routing)
+                elif self.dispatch == "capacity":
+                    y, kept = capacity_dispatch(self.experts, tokens, routing, self.capacity_factor)
+                else:
+                    y, kept = dropless_dispatch(self.experts, tokens, routing)
+            aux = routing_stats(routing, kept)
+            aux["aux_loss"] = self.balance_loss_weight * aux["balance_loss"] + self.z_loss_weight * aux["z_loss"]
+            return dropout(y.reshape(x.shape), self.dropout_rate, k_drop, inference), aux
 
     def inactive_param_count(self) -> int:
         """Parameters a token leaves idle: its E - k unchosen experts, in every stacked layer.

@@ -1,4 +1,4 @@
-"""Parameter report: total parameters and parameters active per token, by component."""
+"""Parameter report: total parameters, parameters active per token and parameters in matrices, by component."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections import defaultdict
 
 import equinox as eqx
 import jax
+
+from chimera_jax.models.roles import is_matrix
 
 
 def _component(path) -> str:
@@ -44,16 +46,21 @@ def inactive_params(model) -> int:
 
 
 def param_report(model) -> dict:
-    """``{"total": n, "active": n, "by_component": {name: n}}``; counts include every stacked layer."""
+    """``{"total": n, "active": n, "matrix": n, "by_component": {name: n}}``; counts include every stacked
+    layer. ``matrix`` counts the leaves roles.py calls matrices (the embedding table among them)."""
     by_component: dict[str, int] = defaultdict(int)
+    matrix = 0
     leaves, _ = jax.tree_util.tree_flatten_with_path(eqx.filter(model, is_param))
     for path, leaf in leaves:
         by_component[_component(path)] += math.prod(leaf.shape)
+        matrix += math.prod(leaf.shape) if is_matrix(path) else 0
     total = sum(by_component.values())
-    return {"total": total, "active": total - inactive_params(model), "by_component": dict(by_component)}
+    return {"total": total, "active": total - inactive_params(model), "matrix": matrix,
+            "by_component": dict(by_component)}
 
 
 def format_report(report: dict) -> str:
-    lines = [f"parameters: total {report['total']:,}  active/token {report['active']:,}"]
+    lines = [f"parameters: total {report['total']:,}  active/token {report['active']:,}  "
+             f"in matrices {report['matrix']:,}"]
     lines += [f"  {name:<12} {n:>14,}" for name, n in sorted(report["by_component"].items())]
     return "\n".join(lines)

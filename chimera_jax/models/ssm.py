@@ -14,9 +14,9 @@ The recurrence is linear in ``h``, so it runs as ``jax.lax.associative_scan`` (O
 materialises ``[B, T, d_inner, N]``); ``lax.scan`` over time is the sequential reference it is tested
 against (``SSMConfig.scan`` selects).
 
-Naming follows the optimizer's convention (chimera_jax/models/layers.py): the matrices (``w_*``) decay;
-``A_log``, ``D``, ``dt_bias`` and ``conv_bias`` do not: pulling them to zero would not regularise but move
-the dynamics somewhere arbitrary (every A to -1, no skip, every Δ to softplus(0) = 0.69).
+Arrays are named by the convention of roles.py: the matrices (``w_*``) decay; ``A_log``, ``D``,
+``dt_bias`` and ``conv_bias`` do not: pulling them to zero would not regularise but move the dynamics
+somewhere arbitrary (every A to -1, no skip, every Δ to softplus(0) = 0.69).
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from chimera_jax.config import ModelConfig
-from chimera_jax.models.layers import Linear
-from chimera_jax.models.registry import residual_std
+from chimera_jax.config import SSMConfig
+from chimera_jax.models.layers import INIT_STD, Linear
 
 
 def discretize(dt: Float[Array, "... Di"], A: Float[Array, "Di N"], B: Float[Array, "... N"],
@@ -94,24 +93,23 @@ class SelectiveSSM(eqx.Module):
     dt_rank: int = eqx.field(static=True)
     scan: str = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
-        sc = cfg.ssm
-        d_inner, N, K = sc.expand * cfg.d_model, sc.state_size, sc.conv_kernel
-        self.dt_rank = sc.dt_rank or math.ceil(cfg.d_model / 16)
-        self.scan = sc.scan
+    def __init__(self, d_model: int, ssm: SSMConfig, *, key: PRNGKeyArray, out_std: float = INIT_STD):
+        d_inner, N, K = ssm.expand * d_model, ssm.state_size, ssm.conv_kernel
+        self.dt_rank = ssm.dt_rank or math.ceil(d_model / 16)
+        self.scan = ssm.scan
         k_in, k_conv, k_x, k_dt, k_dt_init, k_out = jax.random.split(key, 6)
         # Mamba's choices: no projection biases, PyTorch's default conv init, dt_proj at scale dt_rank^-1/2.
-        self.w_in = Linear(cfg.d_model, 2 * d_inner, key=k_in, bias=False)
+        self.w_in = Linear(d_model, 2 * d_inner, key=k_in, bias=False)
         self.w_conv = jax.random.uniform(k_conv, (K, d_inner), minval=-K ** -0.5, maxval=K ** -0.5)
         self.conv_bias = jnp.zeros((d_inner,))
         self.w_x = Linear(d_inner, self.dt_rank + 2 * N, key=k_x, bias=False)
         self.w_dt = Linear(self.dt_rank, d_inner, key=k_dt, bias=False, std=self.dt_rank ** -0.5)
         # Δ starts log-uniform in [dt_min, dt_max]: each channel begins with its own memory length.
-        log_dt = jax.random.uniform(k_dt_init, (d_inner,), minval=math.log(sc.dt_min), maxval=math.log(sc.dt_max))
+        log_dt = jax.random.uniform(k_dt_init, (d_inner,), minval=math.log(ssm.dt_min), maxval=math.log(ssm.dt_max))
         self.dt_bias = inverse_softplus(jnp.exp(log_dt))
         self.A_log = jnp.log(jnp.broadcast_to(jnp.arange(1, N + 1, dtype=jnp.float32), (d_inner, N)))
         self.D = jnp.ones((d_inner,))
-        self.w_out = Linear(d_inner, cfg.d_model, key=k_out, bias=False, std=residual_std(cfg))
+        self.w_out = Linear(d_inner, d_model, key=k_out, bias=False, std=out_std)
 
     @property
     def A(self) -> Float[Array, "Di N"]:
@@ -134,11 +132,11 @@ class SelectiveSSM(eqx.Module):
         return dt, self.A
 
     def __call__(self, x: Float[Array, "B T D"], *, key_mask: Bool[Array, "B T"] | None = None,
-                 rope: tuple[Array, Array] | None = None, key: PRNGKeyArray | None = None,
-                 inference: bool = False) -> Float[Array, "B T D"]:
+                 key: PRNGKeyArray | None = None, inference: bool = False) -> Float[Array, "B T D"]:
         """``key_mask`` is unused: the scan is causal, so right padding never reaches a real token
-        (left padding would, and is not supported). ``rope``: positions come from the recurrence."""
-        del key_mask, rope, key, inference
-        u, z, dt, B, C = self._selective(x)
-        y = selective_scan(u, dt, self.A, B, C, self.scan) + self.D.astype(jnp.float32) * u
-        return self.w_out(y.astype(x.dtype) * jax.nn.silu(z))
+        (left padding would, and is not supported)."""
+        del key_mask, key, inference
+        with jax.named_scope("ssm"):
+            u, z, dt, B, C = self._selective(x)
+            y = selective_scan(u, dt, self.A, B, C, self.scan) + self.D.astype(jnp.float32) * u
+            return self.w_out(y.astype(x.dtype) * jax.nn.silu(z))

@@ -8,10 +8,10 @@ Layer ``i`` of ``L`` runs the shared block with ``t = (i + 1) / L`` and
 logit block per gated parameter. ``L`` is a plain number at evaluation: ``with_depth(model, L')`` runs a
 model trained at ``L`` with ``L'`` layers, ``t = (i + 1) / L'``.
 
-What is gated: every matrix of the shared block (leaves named ``weight`` / ``w_*``, the ones the optimizer
-decays) at the granularity ``TimeConfig.gate``, and element-wise the vectors where a positive factor has
-a clean meaning: norm ``scale`` and the SSM's skip ``D`` (channel multipliers, so ``D`` becomes ``D(t)``)
-and the SSM's ``dt_bias``: Δ = softplus(proj + dt_bias) ≈ exp(dt_bias) while Δ is small and the input
+What is gated (the roles of roles.py): every ``MATRIX`` of the shared block (the leaves the optimizer
+decays) at the granularity ``TimeConfig.gate``, and element-wise the ``CHANNEL`` vectors, where a positive
+factor has a clean meaning: norm ``scale`` and the SSM's skip ``D`` (channel multipliers, so ``D`` becomes
+``D(t)``) and the SSM's ``dt_bias``: Δ = softplus(proj + dt_bias) ≈ exp(dt_bias) while Δ is small and the input
 term too, so a gate g gives Δ ≈ Δ₀^g, a per-depth, per-channel time scale (Ā(t, x) = exp(Δ(t, x) A)).
 Shared ungated: additive biases (the gated matrix before them already rescales their unit) and
 ``A_log``, whose element-wise gate would cost d_inner × N logits while Δ(t) already rescales every mode
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -47,9 +48,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from chimera_jax.config import ModelConfig, TimeConfig
+from chimera_jax.config import TimeConfig
 from chimera_jax.models.layers import Linear, sinusoidal_embedding
-from chimera_jax.models.registry import make_block
+from chimera_jax.models.roles import Role, role
 from chimera_jax.models.transformer import Block, Context, scan_layers
 
 # t in (0, 1] is scaled before the sinusoids so their frequencies (TIME_SCALE down to TIME_SCALE / 1e4 per
@@ -110,18 +111,11 @@ def _logit(p: float) -> float:
 
 
 def gate_specs(block: eqx.Module, gate: str) -> tuple[GateSpec, ...]:
-    """The leaves of ``block`` that are gated (see the module docstring for the rule)."""
-    specs = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(eqx.filter(block, eqx.is_array))[0]:
-        name = path[-1].name if isinstance(path[-1], jax.tree_util.GetAttrKey) else ""
-        if (name == "weight" or name.startswith("w_")) and leaf.ndim >= 2:
-            kind = gate
-        elif name in ("scale", "D", "dt_bias"):
-            kind = "vector"
-        else:
-            continue
-        specs.append(GateSpec(jax.tree_util.keystr(path, simple=True, separator="."), tuple(leaf.shape), kind))
-    return tuple(specs)
+    """The leaves of ``block`` that are gated: matrices at granularity ``gate``, channel vectors element-wise."""
+    kinds = {Role.MATRIX: gate, Role.CHANNEL: "vector"}
+    return tuple(GateSpec(jax.tree_util.keystr(path, simple=True, separator="."), tuple(leaf.shape), kinds[role(path)])
+                 for path, leaf in jax.tree_util.tree_flatten_with_path(eqx.filter(block, eqx.is_array))[0]
+                 if role(path) in kinds)
 
 
 def multiply_leaves(tree, factors: dict[str, Array | float]):
@@ -174,26 +168,27 @@ class TimeIndexedStack(eqx.Module):
     depth: int
     unroll: int = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
-        if cfg.moe.enabled:
-            raise ValueError("time-indexed sharing of an MoE FFN is not supported: set moe.enabled=false")
-        if not 0.0 < cfg.time.gate_init < 1.0:
-            raise ValueError(f"time.gate_init must lie in (0, 1), got {cfg.time.gate_init}")
+    def __init__(self, make_block: Callable[[PRNGKeyArray], Block], n_layers: int, time: TimeConfig, *,
+                 key: PRNGKeyArray, unroll: int = 1):
+        """``make_block(key)`` builds the shared block as a dense stack would build one layer."""
+        if not 0.0 < time.gate_init < 1.0:
+            raise ValueError(f"time.gate_init must lie in (0, 1), got {time.gate_init}")
         k_block, k_mod = jax.random.split(key)
-        block = make_block(cfg, k_block)
-        specs = gate_specs(block, cfg.time.gate)
-        self.block = multiply_leaves(block, {s.path: 1.0 / cfg.time.gate_init for s in specs})
-        self.modulation = TimeModulation(specs, cfg.time, key=k_mod)
-        self.depth = cfg.n_layers
-        self.unroll = cfg.scan_unroll
+        block = make_block(k_block)
+        specs = gate_specs(block, time.gate)
+        self.block = multiply_leaves(block, {s.path: 1.0 / time.gate_init for s in specs})
+        self.modulation = TimeModulation(specs, time, key=k_mod)
+        self.depth = n_layers
+        self.unroll = unroll
 
     def times(self) -> Float[Array, " L"]:
         return (jnp.arange(self.depth, dtype=jnp.float32) + 1.0) / self.depth
 
     def block_at(self, t: Float[Array, ""]) -> Block:
         """The shared block with its weights gated for time ``t``."""
-        gates = self.modulation(t)
-        return multiply_leaves(self.block, {s.path: g for s, g in zip(self.modulation.specs, gates, strict=True)})
+        with jax.named_scope("modulation"):
+            gates = self.modulation(t)
+            return multiply_leaves(self.block, {s.path: g for s, g in zip(self.modulation.specs, gates, strict=True)})
 
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
         return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key,

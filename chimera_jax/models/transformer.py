@@ -1,10 +1,12 @@
 """The decoder every model family shares: embeddings -> a stack of pre-norm residual blocks -> norm -> head.
 
 What varies between families is pluggable:
-- the block's token mixer (``Attention`` or the selective SSM) and FFN (``MLP`` or the MoE layer);
+- the block's token mixer (``Attention`` or the selective SSM) and FFN (``MLP`` or the MoE layer), each
+  called as ``module(x, key=, inference=)`` (the mixer also gets ``key_mask=``);
 - the stack: ``ScannedStack`` holds separate weights per layer, stacked on a leading axis and run with
   ``jax.lax.scan`` (compile time does not grow with depth); the time-indexed stack shares one block
   across depth (chimera_jax/models/time_indexed.py).
+builder.py chooses them from the config.
 
 Blocks return ``(x, aux)``; ``aux`` is a dict of per-layer diagnostics (MoE routing statistics and an
 ``aux_loss`` the training loss adds), stacked over layers by the scan.
@@ -21,15 +23,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from chimera_jax.models.layers import Embedding, Linear, Norm, dropout, rope_tables, sinusoidal_positions
+from chimera_jax.models.layers import Embedding, Linear, Norm, dropout, sinusoidal_positions
 
 
 @dataclass(frozen=True)
 class Context:
-    """What every block of one forward pass shares: masks, rotary tables, dropout switch."""
+    """What every block of one forward pass shares: the key-padding mask and the dropout switch."""
 
     key_mask: Bool[Array, "B T"] | None
-    rope: tuple[Array, Array] | None
     inference: bool
 
 
@@ -43,12 +44,13 @@ class Block(eqx.Module):
     dropout_rate: float = eqx.field(static=True)
 
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
-        k_mix, k_ffn, k_d1, k_d2 = jax.random.split(key, 4) if key is not None else (None,) * 4
-        h = self.mixer(self.norm_mixer(x), key_mask=ctx.key_mask, rope=ctx.rope, key=k_mix, inference=ctx.inference)
-        x = x + dropout(h, self.dropout_rate, k_d1, ctx.inference)
-        h, aux = self.ffn(self.norm_ffn(x), key=k_ffn, inference=ctx.inference)
-        x = x + dropout(h, self.dropout_rate, k_d2, ctx.inference)
-        return x, aux
+        with jax.named_scope("block"):
+            k_mix, k_ffn, k_d1, k_d2 = jax.random.split(key, 4) if key is not None else (None,) * 4
+            h = self.mixer(self.norm_mixer(x), key_mask=ctx.key_mask, key=k_mix, inference=ctx.inference)
+            x = x + dropout(h, self.dropout_rate, k_d1, ctx.inference)
+            h, aux = self.ffn(self.norm_ffn(x), key=k_ffn, inference=ctx.inference)
+            x = x + dropout(h, self.dropout_rate, k_d2, ctx.inference)
+            return x, aux
 
 
 def scan_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, dict]], stacked: Any,
@@ -102,27 +104,26 @@ class Decoder(eqx.Module):
     stack: eqx.Module
     final_norm: Norm
     head: Linear | None  # None: tied to the embedding
-    positions: str = eqx.field(static=True)
-    rope_theta: float = eqx.field(static=True)
-    head_dim: int = eqx.field(static=True)
+    positions: str = eqx.field(static=True)  # "rope" and "none" add nothing here (rope is the attention's)
     dropout_rate: float = eqx.field(static=True)
 
     def __call__(self, tokens: Int[Array, "B T"], *, key_mask: Bool[Array, "B T"] | None = None,
                  key: PRNGKeyArray | None = None, inference: bool = False) -> tuple[Float[Array, "B T V"], dict]:
-        """Mixed precision is the caller's choice: cast the parameters (``cast_floating``), not the inputs."""
+        """Mixed precision is the caller's choice: cast the parameters (train/step.py's ``cast_floating``),
+        not the inputs."""
         T = tokens.shape[-1]
-        positions = jnp.arange(T)
-        x = self.embed(tokens)
-        if self.positions == "learned":
-            if T > self.pos_embed.shape[0]:
-                raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")
-            x = x + self.pos_embed[:T]
-        elif self.positions == "sinusoidal":
-            x = x + sinusoidal_positions(T, x.shape[-1])
-        rope = rope_tables(positions, self.head_dim, self.rope_theta) if self.positions == "rope" else None
-        k_drop, k_stack = jax.random.split(key) if key is not None else (None, None)
-        x = dropout(x, self.dropout_rate, k_drop, inference).astype(self.embed.weight.dtype)
-        x, aux = self.stack(x, Context(key_mask, rope, inference), k_stack)
-        x = self.final_norm(x)
-        logits = self.embed.attend(x) if self.head is None else self.head(x)
-        return logits.astype(jnp.float32), aux
+        with jax.named_scope("embed"):
+            x = self.embed(tokens)
+            if self.positions == "learned":
+                if T > self.pos_embed.shape[0]:
+                    raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")
+                x = x + self.pos_embed[:T]
+            elif self.positions == "sinusoidal":
+                x = x + sinusoidal_positions(T, x.shape[-1])
+            k_drop, k_stack = jax.random.split(key) if key is not None else (None, None)
+            x = dropout(x, self.dropout_rate, k_drop, inference).astype(self.embed.weight.dtype)
+        x, aux = self.stack(x, Context(key_mask, inference), k_stack)
+        with jax.named_scope("head"):
+            x = self.final_norm(x)
+            logits = self.embed.attend(x) if self.head is None else self.head(x)
+            return logits.astype(jnp.float32), aux

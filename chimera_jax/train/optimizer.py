@@ -7,6 +7,7 @@ import jax
 import optax
 
 from chimera_jax.config import OptimConfig
+from chimera_jax.models.roles import is_matrix
 
 
 def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -18,19 +19,8 @@ def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-    """True for matrices: leaves named ``weight`` or ``w_*`` (see chimera_jax/models/layers.py).
-
-    A rank test would not do: stacked layers give norm scales a leading layer axis.
-    """
-
-    def is_matrix(path, leaf) -> bool:
-        if leaf is None:
-            return False
-        last = path[-1]
-        name = last.name if isinstance(last, jax.tree_util.GetAttrKey) else ""
-        return name == "weight" or name.startswith("w_")
-
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
+    """True for the leaves chimera_jax/models/roles.py calls matrices: only they are weight-decayed."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_matrix(path), params)
 
 
 def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:

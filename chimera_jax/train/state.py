@@ -9,7 +9,7 @@ import optax
 from jaxtyping import Array, Int, UInt32
 
 from chimera_jax.config import RunConfig
-from chimera_jax.models.registry import build_model
+from chimera_jax.models.builder import build_model
 from chimera_jax.train.optimizer import trainable
 
 

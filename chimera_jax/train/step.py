@@ -10,8 +10,14 @@ import jax.numpy as jnp
 import optax
 
 from chimera_jax.config import RunConfig
-from chimera_jax.models.registry import cast_floating
 from chimera_jax.train.state import TrainerState
+
+
+def cast_floating(tree, dtype: jnp.dtype):
+    """Cast every floating-point array leaf (the bf16 compute copy of f32 parameters)."""
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
