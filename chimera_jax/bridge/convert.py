@@ -19,8 +19,8 @@ import numpy as np
 
 from chimera_jax.bridge.torch_utils import require
 from chimera_jax.config import ModelConfig
+from chimera_jax.models.builder import build_model
 from chimera_jax.models.layers import sinusoidal_positions
-from chimera_jax.models.registry import build_model
 from chimera_jax.models.transformer import Decoder
 
 STACK = "stack.groups[0]."  # per-layer arrays, stacked on a leading layer axis
