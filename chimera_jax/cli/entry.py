@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def launch(command: str) -> None:
     """Run ``chimera_jax.cli.<command>.main`` on this process's arguments."""
     reexec_with_tuned_malloc()  # glibc reads its settings at start-up: see chimera_jax/malloc.py
     argv = [arg for arg in sys.argv[1:] if arg != "--debug"]
+    # Our progress messages at INFO; libraries (Orbax logs every file it writes at INFO) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("chimera_jax").setLevel(logging.INFO)
     module = importlib.import_module(f"chimera_jax.cli.{command}")
     if "--help" in argv or "-h" in argv:
         print(module.__doc__)  # the usage and examples; the parser lists every flag after it

@@ -14,7 +14,6 @@ preset's config is checked before the first one trains. The table is also writte
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,6 @@ def table(results: list[dict]) -> str:
 def main(argv: Sequence[str]) -> list[dict]:
     args, overrides = parse_known(ExperimentArgs, argv)
     configs = [config(name, args, overrides) for name in args.presets]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     results = [run(cfg) for cfg in configs]
     first = results[0]

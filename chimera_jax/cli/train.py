@@ -11,7 +11,6 @@ one line before any data is read or JAX is loaded.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from chimera_jax import data
@@ -34,7 +33,6 @@ def main(argv: Sequence[str]) -> dict:
     check_corpora(cfg.data)
     from chimera_jax.train.loop import format_summary, train  # JAX loads only once the config is known good
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = train(cfg)
     print(format_summary(summary))
     return summary
