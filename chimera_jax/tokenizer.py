@@ -13,10 +13,11 @@ import hashlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import tiktoken
+from jaxtyping import Integer
 
 # The hashes tiktoken pins in tiktoken_ext/openai_public.py::gpt2 (tests check they still agree).
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -24,7 +25,11 @@ GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2
 GPT2_EOS = "<|endoftext|>"
 GPT2_EOS_ID = 50256
 
+# What ``decode`` takes: a list of ids, or a window of a token array (the data cache stores uint16).
+TokenIds = Sequence[int] | Integer[np.ndarray, " n"]
 
+
+@runtime_checkable  # so that annotations naming it can be checked (jaxtyping + beartype in the tests)
 class Tokenizer(Protocol):
     """What the data pipeline and the models need from a tokenizer."""
 
@@ -36,7 +41,7 @@ class Tokenizer(Protocol):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: TokenIds) -> str: ...
 
     def id_byte_lengths(self) -> np.ndarray:
         """int64 [vocab_size]: UTF-8 bytes of the text each id decodes to; special ids 0.
@@ -64,7 +69,7 @@ class ByteTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: TokenIds) -> str:
         # A window cut from the middle of the data can split a multi-byte character.
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
@@ -92,7 +97,7 @@ class GPT2Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self.encoding.encode_ordinary_batch(list(texts))
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: TokenIds) -> str:
         return self.encoding.decode([int(i) for i in ids], errors="replace")
 
     def id_byte_lengths(self) -> np.ndarray:

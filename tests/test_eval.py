@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -99,7 +100,7 @@ def test_non_overlapping_perplexity_equals_direct_computation():
     protocol = EvalProtocol(corpus="bbc_news", tokenizer="t", seq_len=8, batch_size=2).resolved(
         corpus=None, tokenizer="t", seq_len=None)
     result = evaluate_model(model, stream, protocol)
-    logits, _ = model(tokens[:-1].reshape(5, 8), inference=True)
+    logits, _ = model(jnp.asarray(tokens[:-1].reshape(5, 8)), inference=True)  # the model takes jax arrays
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[1:].reshape(5, 8))
     assert result["tokens_scored"] == 40 and result["bytes_scored"] == 80
     assert result["loss"] == pytest.approx(float(nll.mean()), rel=1e-6)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from chimera_jax.bridge.torch_utils import require
-from chimera_jax.tokenizer import GPT2_EOS, gpt2_data_files, gpt2_encoding
+from chimera_jax.tokenizer import GPT2_EOS, TokenIds, gpt2_data_files, gpt2_encoding
 
 
 def _gpt2():
@@ -82,7 +82,7 @@ class HFTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self.hf(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: TokenIds) -> str:
         return self.hf.decode([int(i) for i in ids])
 
     def id_byte_lengths(self) -> np.ndarray:

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from chimera_jax.config import ConfigError, DataConfig, RunConfig
+from chimera_jax.tokenizer import TOKENIZERS
 
 NORMALISATION = ("perplexity = exp(mean nats per scored target token); bits/byte = total nats / ln 2 / UTF-8 bytes "
                  "of the text the scored targets stand for (a document separator token: the separator it replaces)")
@@ -75,10 +76,16 @@ class EvalProtocol:
         return None not in (self.corpus, self.tokenizer, self.seq_len, self.stride)
 
     def data_config(self, base: DataConfig | None = None) -> DataConfig:
-        """The data settings that load this protocol's token stream (``base`` keeps e.g. its cache folder)."""
+        """The data settings that load this protocol's token stream (``base`` keeps e.g. its cache folder).
+
+        A ``DataConfig`` names only our tokenizers: an HF model's tokenizer is handed to ``load_stream`` as an
+        object (bridge/hf_eval.py), and the config keeps ``base``'s, which that stream does not use.
+        """
         if not self.is_resolved:
             raise ValueError("resolve the protocol for a model first (EvalProtocol.resolved_for)")
-        return dataclasses.replace(base or DataConfig(), corpus=self.corpus, fallback=None, tokenizer=self.tokenizer,
+        base = base or DataConfig()
+        tokenizer = self.tokenizer if self.tokenizer in TOKENIZERS else base.tokenizer
+        return dataclasses.replace(base, corpus=self.corpus, fallback=None, tokenizer=tokenizer,
                                    seq_len=self.seq_len, data_dir=self.data_dir)
 
     def as_dict(self) -> dict:

@@ -8,12 +8,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 
 from chimera_jax.config import RunConfig
 from chimera_jax.train.state import TrainerState
 
 
-def cast_floating(tree, dtype: jnp.dtype):
+def cast_floating(tree, dtype: DTypeLike):
     """Cast every floating-point array leaf (the bf16 compute copy of f32 parameters)."""
     return jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating) else x, tree
