@@ -106,7 +106,7 @@ def test_wikitext2_train_offline_is_a_clear_error(tmp_path, monkeypatch):
     empty.mkdir()
     cfg = DataConfig(corpus="wikitext-2", data_dir=str(empty), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(data.DataNotFoundError) as err:
-        data.load_tokens(cfg, "train")
+        data.load_stream(cfg, "train")
     message = str(err.value)
     assert "'wikitext-2' split 'train' was not found" in message
     assert str(empty) in message
@@ -151,7 +151,7 @@ def test_ag_news_from_local_csv(tmp_path):
 def test_unknown_corpus_and_split_fail_before_any_work(tmp_path):
     cfg = DataConfig(corpus="wikitext-3", cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="unknown corpus 'wikitext-3'.*bbc_news.*text:<path>"):
-        data.load_tokens(cfg, "train")
+        data.load_stream(cfg, "train")
     with pytest.raises(ValueError, match="unknown split"):
         data.load_documents("bbc_news", "dev")
     assert not (tmp_path / "cache").exists()
@@ -225,8 +225,8 @@ def test_load_stream_caches_and_does_not_retokenize(tmp_path, monkeypatch):
     assert len(calls) == 1  # served from the cache
     assert isinstance(second.tokens, np.memmap) and second.tokens.dtype == np.uint16
     np.testing.assert_array_equal(first.tokens, second.tokens)
-    assert data.load_tokens(cfg, "train") is not second.tokens
-    np.testing.assert_array_equal(data.load_tokens(cfg, "train"), second.tokens)
+    assert data.load_stream(cfg, "train").tokens is not second.tokens
+    np.testing.assert_array_equal(data.load_stream(cfg, "train").tokens, second.tokens)
     # byte tokens are exactly the UTF-8 bytes of load_text, and num_bytes counts them
     text = data.load_text(cfg.corpus, "train")
     assert np.asarray(second.tokens, np.uint8).tobytes() == text.encode("utf-8")
@@ -237,13 +237,13 @@ def test_load_stream_caches_and_does_not_retokenize(tmp_path, monkeypatch):
     assert len(calls) == 1
 
     (folder / "000.txt").write_text("changed text\n")  # new size and mtime -> new cache key -> tokenized again
-    assert bytes(np.asarray(data.load_tokens(cfg, "train"), np.uint8)).startswith(b"changed text\n")
+    assert bytes(np.asarray(data.load_stream(cfg, "train").tokens, np.uint8)).startswith(b"changed text\n")
     assert len(calls) == 2
     st = (folder / "001.txt").stat()
     os.utime(folder / "001.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same text, newer mtime
-    data.load_tokens(cfg, "train")
+    data.load_stream(cfg, "train")
     assert len(calls) == 3
-    data.load_tokens(cfg, "train")
+    data.load_stream(cfg, "train")
     assert len(calls) == 3
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
@@ -301,7 +301,8 @@ def test_gpt2_stream_joins_documents_with_eos(tmp_path):
     assert split.num_bytes == count_bytes(data.load_text(cfg.corpus, "train"))
 
     many = write_docs(tmp_path / "many", 25)  # >= 20 files: split by file, 23 of them in train
-    tokens = data.load_tokens(DataConfig(corpus=f"text:{many}", tokenizer="gpt2", cache_dir=cfg.cache_dir), "train")
+    many_cfg = DataConfig(corpus=f"text:{many}", tokenizer="gpt2", cache_dir=cfg.cache_dir)
+    tokens = data.load_stream(many_cfg, "train").tokens
     assert int((np.asarray(tokens) == tok.eos_id).sum()) == 23 - 1
     assert tok.decode(tokens).startswith("document 0: some text, café.\n<|endoftext|>document 1:")
 
@@ -440,6 +441,6 @@ def test_too_short_split_is_a_clear_error(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("tiny\n" * 30)
     cfg = DataConfig(corpus=f"text:{path}", tokenizer="byte", seq_len=128, cache_dir=str(tmp_path / "cache"))
-    tokens = data.load_tokens(cfg, "validation")
+    tokens = data.load_stream(cfg, "validation").tokens
     with pytest.raises(ValueError, match=re.escape(f"text:{path}/validation (byte) has {len(tokens)} tokens")):
         data.check_split_length(tokens, cfg.seq_len, data.load_stream(cfg, "validation").name)

@@ -28,7 +28,7 @@ def _setup(cfg):
 
 
 def _batch(cfg, step, batch_size=None):
-    tokens = data.load_tokens(cfg.data, "train")
+    tokens = data.load_stream(cfg.data, "train").tokens
     return data.get_batch(tokens, cfg.data.seq_len, batch_size or cfg.train.batch_size, cfg.train.seed, step)
 
 

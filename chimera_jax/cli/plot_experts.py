@@ -57,7 +57,7 @@ def loads_from_checkpoint(run_dir: Path, batches: int) -> tuple[np.ndarray, RunC
     model, cfg = load_model(run_dir)
     step = max(Checkpointer(run_dir, keep=None).steps())
     route = eqx.filter_jit(lambda m, tokens: m(tokens, inference=True)[1]["expert_load"])
-    tokens = data.load_tokens(cfg.data, "validation")
+    tokens = data.load_stream(cfg.data, "validation").tokens
     loads = [np.asarray(route(model, inputs)) for inputs, _, _ in window_batches(
         tokens, cfg.data.seq_len, cfg.data.seq_len, cfg.train.batch_size, batches * cfg.train.batch_size)]
     return np.mean(loads, axis=0), cfg, step

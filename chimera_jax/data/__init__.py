@@ -13,7 +13,7 @@ from chimera_jax.data.cache import cache_root
 from chimera_jax.data.lookup import SHARED_DATA_DIR, DataNotFoundError, hub_offline_reason
 from chimera_jax.data.sources import CORPORA, check_corpus, load_documents, load_text, with_fallback
 from chimera_jax.data.splits import DOC_SEPARATOR, SPLITS, canonical_split
-from chimera_jax.data.stream import TokenStream, load_stream, load_tokens
+from chimera_jax.data.stream import TokenStream, load_stream
 from chimera_jax.data.tokenize import token_byte_table
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "load_documents",
     "load_stream",
     "load_text",
-    "load_tokens",
     "token_byte_table",
     "with_fallback",
 ]

@@ -59,8 +59,3 @@ def load_stream(cfg: DataConfig, split: str, tokenizer: Tokenizer | None = None,
         write_tokens(*paths, fresh.tokens, meta)
         tokens = read_tokens(*paths, dtype)
     return TokenStream(name, tokens, token_bytes)
-
-
-def load_tokens(cfg: DataConfig, split: str) -> np.ndarray:
-    """The tokens of ``load_stream(cfg, split)``."""
-    return load_stream(cfg, split).tokens

@@ -53,7 +53,7 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
     cfg = replace(cfg, data=data.with_fallback(cfg.data, recorded_corpus(cfg)))
     # Everything that can be wrong with the data is found before any compile.
     val_protocol = validation_protocol(cfg)
-    train_tokens = data.load_tokens(cfg.data, "train")
+    train_tokens = data.load_stream(cfg.data, "train").tokens
     val_stream = data.load_stream(val_protocol.data_config(cfg.data), "validation")
     data.check_split_length(train_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/train")
     data.check_split_length(val_stream.tokens, cfg.data.seq_len, f"{cfg.data.corpus}/validation")
