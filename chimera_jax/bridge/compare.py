@@ -44,7 +44,7 @@ def evaluate_run(run_dir: str, protocol: EvalProtocol, repeats: int = 3) -> dict
     return {**result, "model": run_dir, "framework": "jax", "params_total": params["total"],
             "params_active": params["active"], "tokens_per_s": tps, "throughput_batch": p.batch_size,
             "memory_mb": memory_mb, "memory_kind": memory_kind, "device": jax.devices()[0].platform,
-            "trained_on": trained_on(run.config.data.corpus, p.corpus)}
+            "trained_on": trained_on(run.config.data.corpus, p.corpus), "byte_check": run.stream.byte_check}
 
 
 def evaluate_one(spec: str, protocol: EvalProtocol, repeats: int = 3, device: str | None = None) -> dict:
@@ -107,10 +107,9 @@ def report(results: list[dict], protocol: EvalProtocol) -> str:
     lines = ["Protocol", *(f"  {line}" for line in [*protocol.describe().splitlines(), speed, ranked]), "Models"]
     for r in rank(results):
         p = r["protocol"]
-        check = f", byte check {r['byte_check']:.6f}" if "byte_check" in r else ""
         lines.append(f"  {r['model']}: {r['framework']} on {r['device']}, tokenizer {p['tokenizer']}, seq-len "
                      f"{p['seq_len']}, {r['tokens_scored']:,} tokens / {r['bytes_scored']:,} bytes scored, "
-                     f"memory = {r['memory_kind']}{check}")
+                     f"memory = {r['memory_kind']}, byte check {r['byte_check']:.6f}")
     lines += ["", markdown_table(results)]
     failed = [f"  {r['model']}: {' '.join(r['error'].split())[:300]}" for r in results if "error" in r]
     lines += ["", "Not evaluated:", *failed] if failed else []

@@ -58,15 +58,6 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
     return model, protocol, data.load_stream(protocol.data_config(DataConfig()), protocol.split, tokenizer)
 
 
-def byte_check(stream, protocol: EvalProtocol) -> float:
-    """Bytes the stream's tokens stand for over the UTF-8 bytes of its text (read again for this): 1.0 when
-    bits/byte's denominator counts exactly the text, as it must; an HF tokenizer whose token strings do not
-    spell its bytes (see ``HFTokenizer.id_byte_lengths``) shows here."""
-    from chimera_jax.data import load_text
-
-    return stream.num_bytes / len(load_text(protocol.corpus, protocol.split, protocol.data_config()).encode("utf-8"))
-
-
 def evaluate_hf(spec: str, protocol: EvalProtocol, *, device: str | None = None, dtype: str = "float32",
                 repeats: int = 3, progress: bool = False) -> dict:
     """Every figure of seed 000's table for one model in torch: a chimera run directory (exported) or an HF
@@ -86,4 +77,4 @@ def evaluate_hf(spec: str, protocol: EvalProtocol, *, device: str | None = None,
     return {**result, "model": spec, "framework": "torch", "corpus": protocol.corpus, "split": protocol.split,
             "params_total": n_params, "params_active": n_params, "tokens_per_s": tps,
             "throughput_batch": protocol.batch_size, "memory_mb": memory_mb, "memory_kind": memory_kind,
-            "device": str(next(model.parameters()).device), "byte_check": byte_check(stream, protocol)}
+            "device": str(next(model.parameters()).device), "byte_check": stream.byte_check}

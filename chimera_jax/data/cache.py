@@ -67,17 +67,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def read_tokens(tokens_path: Path, meta_path: Path, dtype: np.dtype) -> np.ndarray | None:
-    """The cached tokens, memory-mapped, if the sidecar and a token file of the size it records both exist."""
+def read_tokens(tokens_path: Path, meta_path: Path, dtype: np.dtype) -> tuple[np.ndarray, dict] | None:
+    """``(tokens, sidecar)``, the tokens memory-mapped, if the sidecar and a token file of the size it records
+    both exist."""
     try:
-        num_tokens = json.loads(meta_path.read_text())["num_tokens"]
+        meta = json.loads(meta_path.read_text())
+        num_tokens, _ = meta["num_tokens"], meta["text_bytes"]  # an entry without either is rebuilt
         if tokens_path.stat().st_size != dtype.itemsize * num_tokens:
             return None
     except (OSError, ValueError, KeyError):
         return None
     if num_tokens == 0:
-        return np.zeros(0, dtype)  # np.memmap cannot map an empty file
-    return np.memmap(tokens_path, dtype=dtype, mode="r", shape=(num_tokens,))
+        return np.zeros(0, dtype), meta  # np.memmap cannot map an empty file
+    return np.memmap(tokens_path, dtype=dtype, mode="r", shape=(num_tokens,)), meta
 
 
 def write_tokens(tokens_path: Path, meta_path: Path, tokens: np.ndarray, meta: dict) -> None:

@@ -9,9 +9,9 @@ import numpy as np
 from chimera_jax.config import DataConfig
 from chimera_jax.data.cache import cache_key, cache_paths, read_tokens, token_dtype, write_tokens
 from chimera_jax.data.sources import source
-from chimera_jax.data.splits import SPLIT_RULE_VERSION, canonical_split
+from chimera_jax.data.splits import DOC_SEPARATOR, SPLIT_RULE_VERSION, canonical_split
 from chimera_jax.data.tokenize import token_byte_table, tokenize_documents
-from chimera_jax.tokenizer import Tokenizer, get_tokenizer
+from chimera_jax.tokenizer import Tokenizer, count_bytes, get_tokenizer
 
 PROGRESS_MIN_CHARS = 20_000_000  # progress=None shows a bar only for splits larger than this
 _BYTES_CHUNK = 1 << 22  # num_bytes sums in pieces: a whole-stream gather of int64 would be 8 bytes a token
@@ -28,6 +28,13 @@ class TokenStream:
     name: str  # "bbc_news/validation (gpt2)", for messages
     tokens: np.ndarray  # 1-D, uint16 (uint32 when the vocabulary exceeds 65,536), memory-mapped
     token_bytes: np.ndarray  # int64 [vocab]: see token_byte_table
+    text_bytes: int | None = None  # UTF-8 length of the split's text, recorded when it was tokenized
+
+    @property
+    def byte_check(self) -> float:
+        """``num_bytes / text_bytes``: 1.0 when bits/byte's denominator counts exactly the text, as it must;
+        a tokenizer whose token strings do not spell its bytes (see ``HFTokenizer.id_byte_lengths``) shows here."""
+        return self.num_bytes / self.text_bytes
 
     @property
     def num_bytes(self) -> int:
@@ -47,15 +54,16 @@ def load_stream(cfg: DataConfig, split: str, tokenizer: Tokenizer | None = None,
     dtype = token_dtype(tok.vocab_size)
     paths = cache_paths(cfg, split, tok.name, cache_key(cfg.corpus, split, tok.name, src.identity), dtype)
     name, token_bytes = f"{cfg.corpus}/{split} ({tok.name})", token_byte_table(tok)
-    tokens = read_tokens(*paths, dtype)
-    if tokens is None:
+    cached = read_tokens(*paths, dtype)
+    if cached is None:
         docs = src.read()
         if progress is None:
             progress = sum(len(d) for d in docs) > PROGRESS_MIN_CHARS
         fresh = TokenStream(name, tokenize_documents(docs, tok, dtype, progress=progress), token_bytes)
         meta = dict(corpus=cfg.corpus, split=split, tokenizer=tok.name, split_rule=SPLIT_RULE_VERSION,
                     source=src.identity, dtype=dtype.str, num_tokens=len(fresh.tokens), num_bytes=fresh.num_bytes,
-                    num_documents=len(docs))
+                    text_bytes=count_bytes(DOC_SEPARATOR.join(docs)), num_documents=len(docs))
         write_tokens(*paths, fresh.tokens, meta)
-        tokens = read_tokens(*paths, dtype)
-    return TokenStream(name, tokens, token_bytes)
+        cached = read_tokens(*paths, dtype)
+    tokens, meta = cached
+    return TokenStream(name, tokens, token_bytes, meta["text_bytes"])
