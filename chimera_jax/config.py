@@ -129,6 +129,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     mixer: Literal["attention", "ssm"] = "attention"
+    # one learned logit per head that joins every softmax and takes no value (gpt-oss); models/attention.py
+    attention_sinks: bool = False
     moe: MoEConfig = field(default_factory=MoEConfig)
     ssm: SSMConfig = field(default_factory=SSMConfig)
     time: TimeConfig = field(default_factory=TimeConfig)
@@ -152,6 +154,8 @@ class ModelConfig:
                  f"model.n_heads={self.n_heads} = {head_dim}")
         _require(self.mixer != "ssm" or self.positions != "rope",
                  "model.mixer=ssm cannot use model.positions=rope: rotary positions belong to attention")
+        _require(self.mixer != "ssm" or not self.attention_sinks,
+                 "model.attention_sinks needs model.mixer=attention: an SSM has no softmax to add a sink to")
         _in_range("model", self, "dropout", 0, 1)
         _require(self.rope_theta > 0, f"model.rope_theta={self.rope_theta} must be > 0")
         _require(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be > 0")

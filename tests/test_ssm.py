@@ -33,11 +33,11 @@ def test_scans_agree_in_outputs_and_gradients():
     args = scan_inputs(jax.random.PRNGKey(0))
 
     def loss(method, *a):
-        y = selective_scan(*a, method=method)
+        y, _ = selective_scan(*a, method=method)
         return jnp.sum(jnp.sin(y))  # a non-linear read-out, so every gradient path is exercised
 
-    np.testing.assert_allclose(selective_scan(*args, method="associative"),
-                               selective_scan(*args, method="sequential"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(selective_scan(*args, method="associative")[0],
+                               selective_scan(*args, method="sequential")[0], rtol=1e-5, atol=1e-5)
     g_par = jax.grad(lambda *a: loss("associative", *a), argnums=(0, 1, 2, 3, 4))(*args)
     g_seq = jax.grad(lambda *a: loss("sequential", *a), argnums=(0, 1, 2, 3, 4))(*args)
     for a, b in zip(g_par, g_seq, strict=True):
@@ -51,7 +51,7 @@ def test_scan_matches_the_recurrence_written_out():
     for k in range(3):
         h = jnp.exp(dt[:, k, :, None] * A) * h + (dt[:, k] * u[:, k])[..., None] * B[:, k, None, :]
         ys.append(jnp.sum(h * C[:, k, None, :], axis=-1))
-    np.testing.assert_allclose(selective_scan(u, dt, A, B, C), jnp.stack(ys, axis=1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(selective_scan(u, dt, A, B, C)[0], jnp.stack(ys, axis=1), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["associative", "sequential"])

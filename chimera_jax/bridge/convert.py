@@ -120,6 +120,8 @@ def export_problems(cfg: ModelConfig, arch: str) -> list[str]:
         problems.append(f"positions={cfg.positions!r} (needs 'learned' or 'sinusoidal')")
     if arch == "gpt2" and cfg.n_kv_heads not in (None, cfg.n_heads):
         problems.append(f"n_kv_heads={cfg.n_kv_heads} (GPT-2 has no grouped-query heads)")
+    if cfg.attention_sinks:
+        problems.append("attention_sinks=True (no sink logits in HF GPT-2 or Llama)")
     return problems + [f"{name} is enabled (dense only)" for name in ("moe", "time") if getattr(cfg, name).enabled]
 
 
@@ -266,7 +268,7 @@ def to_hf(model: Decoder, cfg: ModelConfig, arch: str | None = None, n_positions
     hf_config = hf_config_from(cfg, arch, n_positions, **token_ids)
     arrays = model_arrays(model)
     if arch == "gpt2" and cfg.positions == "sinusoidal":
-        arrays["pos_embed"] = np.asarray(sinusoidal_positions(n_positions, cfg.d_model), np.float32)
+        arrays["pos_embed"] = np.asarray(sinusoidal_positions(jnp.arange(n_positions), cfg.d_model), np.float32)
     sd = _ours_to_hf(arrays, LAYOUTS[arch], cfg.n_layers)
     if arch == "gpt2":
         _fuse_qkv(sd, cfg.n_layers)

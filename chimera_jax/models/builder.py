@@ -26,7 +26,7 @@ def make_mixer(cfg: ModelConfig, key: PRNGKeyArray) -> Attention | SelectiveSSM:
     if cfg.mixer == "attention":
         return Attention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, key=key, bias=cfg.bias,
                          rope_theta=cfg.rope_theta if cfg.positions == "rope" else None, dropout_rate=cfg.dropout,
-                         out_std=residual_std(cfg.n_layers))
+                         out_std=residual_std(cfg.n_layers), sinks=cfg.attention_sinks)
     if cfg.mixer == "ssm":
         return SelectiveSSM(cfg.d_model, cfg.ssm, key=key, out_std=residual_std(cfg.n_layers))
     raise ValueError(f"unknown mixer {cfg.mixer!r}: expected 'attention' or 'ssm'")

@@ -96,10 +96,10 @@ def sinusoidal_embedding(t: Real[Array, "..."], dim: int, max_period: float = 10
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def sinusoidal_positions(seq_len: int, dim: int) -> Float[Array, "seq_len dim"]:
-    """Fixed position table added to token embeddings, scaled to their init std (``INIT_STD``): at
-    amplitude 1 it would swamp embeddings of std 0.02 (docs/models.md shows what that costs)."""
-    return INIT_STD * sinusoidal_embedding(jnp.arange(seq_len), dim)
+def sinusoidal_positions(positions: Int[Array, "*T"], dim: int) -> Float[Array, "*T dim"]:
+    """Fixed position vectors added to token embeddings, scaled to their init std (``INIT_STD``): at
+    amplitude 1 they would swamp embeddings of std 0.02 (docs/models.md shows what that costs)."""
+    return INIT_STD * sinusoidal_embedding(positions, dim)
 
 
 class MLP(eqx.Module):

@@ -26,7 +26,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from chimera_jax.config import SSMConfig
 from chimera_jax.models.layers import INIT_STD, Linear
@@ -49,11 +49,16 @@ def _combine(earlier, later):
 
 def selective_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T Di"], A: Float[Array, "Di N"],
                    B: Float[Array, "B T N"], C: Float[Array, "B T N"], method: str = "associative",
-                   ) -> Float[Array, "B T Di"]:
-    """``y_k = C_k · h_k`` with ``h_k = Ā_k h_{k-1} + B̄_k u_k`` and ``h_{-1} = 0`` (skip term not included)."""
+                   h0: Float[Array, "B Di N"] | None = None) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
+    """``(y, h_T)``: ``y_k = C_k · h_k`` with ``h_k = Ā_k h_{k-1} + B̄_k u_k`` from ``h_{-1} = h0`` (default 0),
+    and the last state, which decoding carries on from (skip term not included)."""
+    if h0 is None:
+        h0 = jnp.zeros((u.shape[0], *A.shape), u.dtype)
     if method == "associative":
-        _, h = jax.lax.associative_scan(_combine, discretize(dt, A, B, u), axis=1)
-        return jnp.einsum("btdn,btn->btd", h, C)
+        dA, dBu = discretize(dt, A, B, u)
+        dBu = dBu.at[:, 0].add(dA[:, 0] * h0)  # the first step starts from h0
+        _, h = jax.lax.associative_scan(_combine, (dA, dBu), axis=1)
+        return jnp.einsum("btdn,btn->btd", h, C), h[:, -1]
     if method == "sequential":
         def step(h, xs):
             dt_k, B_k, C_k, u_k = xs
@@ -61,17 +66,27 @@ def selective_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T Di"], A: Flo
             h = dA * h + dBu
             return h, jnp.einsum("bdn,bn->bd", h, C_k)
 
-        h0 = jnp.zeros((u.shape[0], *A.shape), u.dtype)
-        _, y = jax.lax.scan(step, h0, tuple(a.swapaxes(0, 1) for a in (dt, B, C, u)))
-        return y.swapaxes(0, 1)
+        h_last, y = jax.lax.scan(step, h0, tuple(a.swapaxes(0, 1) for a in (dt, B, C, u)))
+        return y.swapaxes(0, 1), h_last
     raise ValueError(f"unknown ssm scan {method!r}: expected 'associative' or 'sequential'")
 
 
-def causal_conv(u: Float[Array, "B T Di"], w: Float[Array, "K Di"], b: Float[Array, " Di"]) -> Float[Array, "B T Di"]:
-    """Depthwise convolution over time that only looks back: ``out_k = sum_j w[j] u_{k-K+1+j} + b``."""
+def causal_conv(u: Float[Array, "B T Di"], w: Float[Array, "K Di"], b: Float[Array, " Di"],
+                history: Float[Array, "B history Di"] | None = None) -> Float[Array, "B T Di"]:
+    """Depthwise convolution over time that only looks back: ``out_k = sum_j w[j] u_{k-K+1+j} + b``, the
+    inputs before the first being ``history`` (the decoding state; zeros at the start of a sequence)."""
     K, T = w.shape[0], u.shape[1]
-    padded = jnp.pad(u, ((0, 0), (K - 1, 0), (0, 0)))
+    if history is None:
+        history = jnp.zeros((u.shape[0], K - 1, u.shape[2]), u.dtype)
+    padded = jnp.concatenate([history.astype(u.dtype), u], axis=1)
     return sum(w[j] * padded[:, j:j + T] for j in range(K)) + b
+
+
+class SSMState(eqx.Module):
+    """The selective SSM's decoding state: O(1) in the sequence length."""
+
+    conv: Float[Array, "B history Di"]  # the last K - 1 inputs of the causal convolution
+    h: Float[Array, "B Di N"]  # the scan's state (f32)
 
 
 def inverse_softplus(y: Array) -> Array:
@@ -115,21 +130,25 @@ class SelectiveSSM(eqx.Module):
     def A(self) -> Float[Array, "Di N"]:
         return -jnp.exp(self.A_log.astype(jnp.float32))
 
-    def _selective(self, x: Float[Array, "B T D"]):
-        """The input-dependent parts: the gate branch z (compute dtype) and, in f32 for the scan, the
-        scanned stream u, Δ, B and C."""
+    def _selective(self, x: Float[Array, "B T D"], history: Float[Array, "B history Di"] | None = None):
+        """The input-dependent parts: the gate branch z (compute dtype), the convolution's input, and, in
+        f32 for the scan, the scanned stream u, Δ, B and C."""
         f32 = jnp.float32
-        u, z = jnp.split(self.w_in(x), 2, axis=-1)
-        u = jax.nn.silu(causal_conv(u, self.w_conv.astype(u.dtype), self.conv_bias.astype(u.dtype)))
+        u_in, z = jnp.split(self.w_in(x), 2, axis=-1)
+        u = jax.nn.silu(causal_conv(u_in, self.w_conv.astype(u_in.dtype), self.conv_bias.astype(u_in.dtype), history))
         N = self.A_log.shape[1]
         dt_low, B, C = jnp.split(self.w_x(u), [self.dt_rank, self.dt_rank + N], axis=-1)
         dt = jax.nn.softplus(self.w_dt(dt_low).astype(f32) + self.dt_bias.astype(f32))
-        return u.astype(f32), z, dt, B.astype(f32), C.astype(f32)
+        return u_in, u.astype(f32), z, dt, B.astype(f32), C.astype(f32)
 
     def dynamics(self, x: Float[Array, "B T D"]) -> tuple[Float[Array, "B T Di"], Float[Array, "Di N"]]:
         """``(Δ, A)`` for the (normed) mixer input ``x``: the per-token decay is ``exp(Δ[..., None] * A)``."""
-        _, _, dt, _, _ = self._selective(x)
+        dt = self._selective(x)[3]
         return dt, self.A
+
+    def _output(self, x: Array, u: Array, z: Array, y: Array) -> Float[Array, "B T D"]:
+        y = y + self.D.astype(jnp.float32) * u
+        return self.w_out(y.astype(x.dtype) * jax.nn.silu(z))
 
     def __call__(self, x: Float[Array, "B T D"], *, key_mask: Bool[Array, "B T"] | None = None,
                  key: PRNGKeyArray | None = None, inference: bool = False) -> Float[Array, "B T D"]:
@@ -137,6 +156,27 @@ class SelectiveSSM(eqx.Module):
         (left padding would, and is not supported)."""
         del key_mask, key, inference
         with jax.named_scope("ssm"):
-            u, z, dt, B, C = self._selective(x)
-            y = selective_scan(u, dt, self.A, B, C, self.scan) + self.D.astype(jnp.float32) * u
-            return self.w_out(y.astype(x.dtype) * jax.nn.silu(z))
+            _, u, z, dt, B, C = self._selective(x)
+            y, _ = selective_scan(u, dt, self.A, B, C, self.scan)
+            return self._output(x, u, z, y)
+
+    def init_state(self, batch: int, layout: object, dtype) -> SSMState:
+        """The empty state (``layout``, the attention cache's, is ignored: the state does not grow)."""
+        del layout
+        d_inner, N = self.A_log.shape[-2:]
+        return SSMState(jnp.zeros((batch, self.w_conv.shape[-2] - 1, d_inner), dtype),
+                        jnp.zeros((batch, d_inner, N), jnp.float32))
+
+    def extend(self, x: Float[Array, "B C D"], state: SSMState,
+               positions: Int[Array, "B C"]) -> tuple[Float[Array, "B C D"], SSMState]:
+        """Run ``C`` new tokens from ``state``; ``positions`` -1 marks right padding, which leaves the state
+        as the row's last real token left it (Δ = 0 keeps h, the convolution keeps its last real inputs)."""
+        with jax.named_scope("ssm"):
+            real = positions >= 0
+            u_in, u, z, dt, B, C = self._selective(x, state.conv)
+            y, h = selective_scan(u, jnp.where(real[..., None], dt, 0.0), self.A, B, C, self.scan, state.h)
+            inputs = jnp.concatenate([state.conv, u_in.astype(state.conv.dtype)], axis=1)
+            K1 = state.conv.shape[1]
+            window = real.sum(axis=1)[:, None] + jnp.arange(K1)  # the K - 1 inputs up to the last real one
+            conv = jnp.take_along_axis(inputs, window[..., None], axis=1)
+            return self._output(x, u, z, y), SSMState(conv, h)

@@ -46,12 +46,12 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from chimera_jax.config import TimeConfig
 from chimera_jax.models.layers import Linear, sinusoidal_embedding
 from chimera_jax.models.roles import Role, role
-from chimera_jax.models.transformer import Block, Context, scan_layers
+from chimera_jax.models.transformer import Block, Context, scan_layers, stacked_state
 
 # t in (0, 1] is scaled before the sinusoids so their frequencies (TIME_SCALE down to TIME_SCALE / 1e4 per
 # unit t) span both features that separate neighbouring layers and ones that vary smoothly across depth.
@@ -193,6 +193,17 @@ class TimeIndexedStack(eqx.Module):
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
         return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key,
                            self.unroll)
+
+    def init_state(self, batch: int, layout: object, dtype) -> object:
+        """One mixer state per depth: the shared weights run ``depth`` times, each with its own history."""
+        return stacked_state(self.block, self.depth, batch, layout, dtype)
+
+    def extend(self, x: Array, states: object, positions: Int[Array, "B C"]) -> tuple[Array, object]:
+        def body(h, xs):
+            t, state = xs
+            return self.block_at(t).extend(h, state, positions)
+
+        return jax.lax.scan(body, x, (self.times(), states), unroll=max(1, min(self.unroll, self.depth)))
 
 
 def with_depth(model: eqx.Module, depth: int) -> eqx.Module:

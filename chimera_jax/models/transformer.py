@@ -10,6 +10,11 @@ builder.py chooses them from the config.
 
 Blocks return ``(x, aux)``; ``aux`` is a dict of per-layer diagnostics (MoE routing statistics and an
 ``aux_loss`` the training loss adds), stacked over layers by the scan.
+
+Decoding: every mixer offers ``init_state(batch, layout, dtype)`` and ``extend(x, state, positions)``
+(attention a KV cache, the SSM its convolution and scan states), and the stacks carry one state per
+layer through the same scan as the weights. ``Decoder.extend`` runs new tokens from a state; position -1
+marks right padding, so prompts of different lengths share one batch.
 """
 
 from __future__ import annotations
@@ -51,6 +56,20 @@ class Block(eqx.Module):
             h, aux = self.ffn(self.norm_ffn(x), key=k_ffn, inference=ctx.inference)
             x = x + dropout(h, self.dropout_rate, k_d2, ctx.inference)
             return x, aux
+
+    def extend(self, x: Float[Array, "B C D"], state: Any, positions: Int[Array, "B C"]) -> tuple[Array, Any]:
+        """The block over new tokens, its mixer carrying ``state`` on (inference: no dropout)."""
+        with jax.named_scope("block"):
+            h, state = self.mixer.extend(self.norm_mixer(x), state, positions)
+            x = x + h
+            h, _ = self.ffn(self.norm_ffn(x), inference=True)
+            return x + h, state
+
+
+def stacked_state(block: Block, copies: int, batch: int, layout: Any, dtype) -> Any:
+    """``copies`` empty mixer states on a leading layer axis (``block`` may itself be stacked)."""
+    state = block.mixer.init_state(batch, layout, dtype)
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (copies, *a.shape)), state)
 
 
 def scan_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, dict]], stacked: Any,
@@ -95,6 +114,23 @@ class ScannedStack(eqx.Module):
 
         return scan_layers(step, params, x, n_groups, key, self.unroll)
 
+    def init_state(self, batch: int, layout: Any, dtype) -> tuple[Any, ...]:
+        n_groups = jax.tree_util.tree_leaves(self.groups[0])[0].shape[0]
+        return tuple(stacked_state(group, n_groups, batch, layout, dtype) for group in self.groups)
+
+    def extend(self, x: Array, states: tuple[Any, ...], positions: Int[Array, "B C"]) -> tuple[Array, tuple]:
+        params, static = eqx.partition(self.groups, eqx.is_array)
+
+        def body(h, xs):
+            group_params, group_states = xs
+            new = []
+            for block, state in zip(eqx.combine(group_params, static), group_states, strict=True):
+                h, state = block.extend(h, state, positions)
+                new.append(state)
+            return h, tuple(new)
+
+        return jax.lax.scan(body, x, (params, states), unroll=self.unroll)
+
 
 class Decoder(eqx.Module):
     """A GPT-style decoder over token ids ``[B, T]`` returning logits ``[B, T, vocab]`` and per-layer aux."""
@@ -107,23 +143,43 @@ class Decoder(eqx.Module):
     positions: str = eqx.field(static=True)  # "rope" and "none" add nothing here (rope is the attention's)
     dropout_rate: float = eqx.field(static=True)
 
+    def _embed(self, tokens: Int[Array, "B T"], positions: Int[Array, "*b T"]) -> Float[Array, "B T D"]:
+        x = self.embed(tokens)
+        if self.positions == "learned":
+            x = x + jnp.take(self.pos_embed, positions, axis=0)
+        elif self.positions == "sinusoidal":
+            x = x + sinusoidal_positions(positions, x.shape[-1])
+        return x
+
+    def _head(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        with jax.named_scope("head"):
+            x = self.final_norm(x)
+            logits = self.embed.attend(x) if self.head is None else self.head(x)
+            return logits.astype(jnp.float32)
+
     def __call__(self, tokens: Int[Array, "B T"], *, key_mask: Bool[Array, "B T"] | None = None,
                  key: PRNGKeyArray | None = None, inference: bool = False) -> tuple[Float[Array, "B T V"], dict]:
         """Mixed precision is the caller's choice: cast the parameters (train/step.py's ``cast_floating``),
         not the inputs."""
         T = tokens.shape[-1]
+        if self.positions == "learned" and T > self.pos_embed.shape[0]:
+            raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")
         with jax.named_scope("embed"):
-            x = self.embed(tokens)
-            if self.positions == "learned":
-                if T > self.pos_embed.shape[0]:
-                    raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")
-                x = x + self.pos_embed[:T]
-            elif self.positions == "sinusoidal":
-                x = x + sinusoidal_positions(T, x.shape[-1])
             k_drop, k_stack = jax.random.split(key) if key is not None else (None, None)
-            x = dropout(x, self.dropout_rate, k_drop, inference).astype(self.embed.weight.dtype)
+            x = dropout(self._embed(tokens, jnp.arange(T)), self.dropout_rate, k_drop, inference)
+            x = x.astype(self.embed.weight.dtype)
         x, aux = self.stack(x, Context(key_mask, inference), k_stack)
-        with jax.named_scope("head"):
-            x = self.final_norm(x)
-            logits = self.embed.attend(x) if self.head is None else self.head(x)
-            return logits.astype(jnp.float32), aux
+        return self._head(x), aux
+
+    def init_state(self, batch: int, layout: Any, dtype=None) -> Any:
+        """The empty decoding state for ``batch`` sequences (``layout``: the attention layers' KV cache)."""
+        return self.stack.init_state(batch, layout, dtype or self.embed.weight.dtype)
+
+    def extend(self, tokens: Int[Array, "B C"], state: Any,
+               positions: Int[Array, "B C"]) -> tuple[Float[Array, "B C V"], Any]:
+        """Logits of ``C`` new tokens at ``positions`` (-1: right padding) given the state of the tokens
+        before them, and the state after them. Callers keep learned positions within their table."""
+        with jax.named_scope("embed"):
+            x = self._embed(tokens, jnp.maximum(positions, 0)).astype(self.embed.weight.dtype)
+        x, state = self.stack.extend(x, state, positions)
+        return self._head(x), state

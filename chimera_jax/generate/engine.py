@@ -1,0 +1,279 @@
+"""Autoregressive generation from any model family.
+
+With a cache (the default), the prompts are prefilled once and each new token is one jitted step over the
+decoding state (``Decoder.extend``: a KV cache per attention layer, convolution and scan states per SSM
+layer, one state per depth of a time-indexed stack). Without one, every token re-runs the whole sequence
+through ``Decoder.__call__``: the reference the cache is tested against and the baseline benchmarks
+divide by.
+
+Shapes are fixed per generation: prompts are right-padded to a bucket (a power of two, at least
+``MIN_BUCKET``) and the cache is sized for the bucket plus ``max_new_tokens``, so a generation compiles
+its functions once and another prompt length in the same bucket compiles nothing. Token ``i`` of a
+generation is drawn with ``fold_in(PRNGKey(seed), i)`` in both modes: the same seed gives the same text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chimera_jax.generate.sampling import Sampling, next_tokens
+from chimera_jax.models.kv_cache import CacheLayout
+from chimera_jax.models.transformer import Decoder
+from chimera_jax.tokenizer import Tokenizer
+
+GREEDY = Sampling()
+MIN_BUCKET = 16
+CACHE_ROUND = 64  # full caches are sized in multiples of this, so nearby lengths share a compile
+
+
+def bucket(n: int) -> int:
+    """The padded prompt length for a longest prompt of ``n`` tokens."""
+    return max(MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+@dataclass
+class Generation:
+    """What one ``generate`` call produced, and how fast (compile time excluded from the rates)."""
+
+    texts: list[str]
+    tokens: list[list[int]]  # the new tokens of each prompt, up to (not including) EOS or a stop text
+    prompt_tokens: list[int]
+    compile_s: float
+    prefill_ms: float  # the prompts' forward pass, state included
+    first_token_ms: float  # request to first new tokens on the host: prefill, sampling, transfer
+    decode_tokens_per_s: float  # after the first token, tokens of the whole batch per second
+
+    @property
+    def new_tokens(self) -> list[int]:
+        return [len(t) for t in self.tokens]
+
+    def as_json(self) -> dict:
+        """The ``--json`` record: ``text`` is a string for one prompt, a list for several."""
+        record = asdict(self)
+        texts = record.pop("texts")
+        record.pop("tokens")
+        return {"text": texts[0] if len(texts) == 1 else texts, "new_tokens": self.new_tokens, **record}
+
+
+class Generator:
+    """A model ready to decode. Compiled functions are kept per shape, so a notebook or a benchmark that
+    calls ``generate`` again with the same shapes compiles nothing.
+
+    ``layout``: the attention layers' KV cache; None sizes a full cache per generation, a
+    ``CacheLayout(window, sinks)`` keeps the first ``sinks`` and the last ``window`` tokens (generation past
+    the training context with constant memory).
+    """
+
+    def __init__(self, model: Decoder, tokenizer: Tokenizer, *, layout: CacheLayout | None = None):
+        self.model, self.tokenizer, self.layout = model, tokenizer, layout
+        self.params, self.static = eqx.partition(model, eqx.is_array)
+        self.max_positions = model.pos_embed.shape[0] if model.positions == "learned" else None
+        self._compiled: dict[tuple, Callable] = {}
+        self.compile_s = 0.0
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, *, step: int | None = None, depth: int | None = None,
+                 layout: CacheLayout | None = None) -> Generator:
+        """Load a run's model for decoding (MoE layers dispatch dropless: nothing dropped at any batch)."""
+        from chimera_jax.generate.loading import load_for_decoding
+        from chimera_jax.tokenizer import get_tokenizer
+
+        model, cfg = load_for_decoding(run_dir, step=step, depth=depth)
+        return cls(model, get_tokenizer(cfg.data.tokenizer), layout=layout)
+
+    # ---- input checks: each a one-line error, raised before anything compiles ----
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        if not prompts:
+            raise ValueError("no prompt given")
+        ids = self.tokenizer.encode_batch(list(prompts))
+        for i, row in enumerate(ids):
+            if not row:
+                raise ValueError(f"prompt {i + 1} is empty: generation needs at least one token to continue")
+        return ids
+
+    def check_lengths(self, lengths: Sequence[int], max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        longest = max(lengths)
+        if self.max_positions is not None and longest + max_new_tokens > self.max_positions:
+            raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} passes the "
+                             f"model's {self.max_positions} learned positions")
+
+    # ---- compiled pieces: lowered from shapes, so nothing runs (or is timed) while compiling ----
+    def _compile(self, name: tuple, fn: Callable, *args, donate: tuple[int, ...] = ()) -> Callable:
+        if name not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[name] = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            self.compile_s += time.perf_counter() - start
+        return self._compiled[name]
+
+    def _model(self, params) -> Decoder:
+        return eqx.combine(params, self.static)
+
+    def _cached_fns(self, batch: int, width: int, layout: CacheLayout, sampling: Sampling):
+        """``(prefill, sample, step)`` for ``batch`` prompts padded to ``width`` and a cache of ``layout``."""
+        def prefill(params, tokens, positions):
+            model = self._model(params)
+            logits, state = model.extend(tokens, model.init_state(batch, layout), positions)
+            last = jnp.maximum((positions >= 0).sum(axis=1) - 1, 0)
+            return logits[jnp.arange(batch), last], state
+
+        def sample(logits, key, index):
+            return next_tokens(logits, jax.random.fold_in(key, index), sampling)
+
+        def step(params, state, token, position, key, index):
+            logits, state = self._model(params).extend(token[:, None], state, position[:, None])
+            return next_tokens(logits[:, 0], jax.random.fold_in(key, index), sampling), state
+
+        ints = jax.ShapeDtypeStruct((batch, width), jnp.int32)
+        row = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        key, index = jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32)
+        logits, state = jax.eval_shape(prefill, self.params, ints, ints)
+        return (self._compile(("prefill", batch, width, layout), prefill, self.params, ints, ints),
+                self._compile(("sample", batch, sampling), sample, logits, key, index),
+                # the state is donated: the cache is updated in place, not copied every token
+                self._compile(("step", batch, layout, sampling), step, self.params, state, row, row, key, index,
+                              donate=(1,)))
+
+    def _recompute_fn(self, batch: int, span: int, sampling: Sampling):
+        """One token for every row by re-running the whole buffer ``[batch, span]``."""
+        def recompute(params, buffer, current, key, index):
+            logits, _ = self._model(params)(buffer, inference=True)
+            rows = jnp.arange(batch)
+            token = next_tokens(logits[rows, current - 1], jax.random.fold_in(key, index), sampling)
+            return token, buffer.at[rows, current].set(token, mode="drop")
+
+        return self._compile(("recompute", batch, span, sampling), recompute, self.params,
+                             jax.ShapeDtypeStruct((batch, span), jnp.int32), jax.ShapeDtypeStruct((batch,), jnp.int32),
+                             jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32), donate=(1,))
+
+    # ---- generation ----
+    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, sampling: Sampling = GREEDY, *,
+                 seed: int = 0, stop: Sequence[str] = (), cache: bool = True, ignore_eos: bool = False,
+                 on_text: Callable[[str], None] | None = None) -> Generation:
+        """Continue each prompt by up to ``max_new_tokens`` tokens (fewer where EOS or a ``stop`` text comes
+        first; the text is cut before it). ``on_text`` receives the text of a single prompt as it is made."""
+        single = isinstance(prompts, str)
+        ids = self.encode([prompts] if single else prompts)
+        lengths = np.array([len(row) for row in ids])
+        self.check_lengths(lengths.tolist(), max_new_tokens)
+        if on_text is not None and len(ids) > 1:
+            raise ValueError("streaming (on_text) is for a single prompt")
+        batch, width = len(ids), bucket(int(lengths.max()))
+        tokens = np.zeros((batch, width), np.int32)
+        for row, prompt in zip(tokens, ids, strict=True):
+            row[:len(prompt)] = prompt
+        key = jax.random.PRNGKey(seed)
+        rows = _Rows(self.tokenizer, ids, stop, None if ignore_eos else self.tokenizer.eos_id, on_text)
+        compiled_before = self.compile_s
+
+        if cache:
+            layout = self.layout or CacheLayout(window=CACHE_ROUND * math.ceil((width + max_new_tokens) / CACHE_ROUND))
+            prefill, sample, step = self._cached_fns(batch, width, layout, sampling)
+            positions = np.where(np.arange(width) < lengths[:, None], np.arange(width), -1).astype(np.int32)
+            start = time.perf_counter()
+            last, state = prefill(self.params, tokens, positions)
+            jax.block_until_ready(state)
+            prefill_s = time.perf_counter() - start
+            token = sample(last, key, jnp.int32(0))
+            position = jnp.asarray(lengths, jnp.int32)
+
+            def advance(i):
+                nonlocal token, state, position
+                token, state = step(self.params, state, token, position, key, jnp.int32(i))
+                position = position + 1
+                return token
+        else:
+            span = width + max_new_tokens
+            if self.max_positions is not None:
+                span = min(span, self.max_positions)
+            recompute = self._recompute_fn(batch, span, sampling)
+            buffer = jnp.asarray(np.pad(tokens, ((0, 0), (0, span - width))))
+            current = jnp.asarray(lengths, jnp.int32)
+            start = time.perf_counter()
+            token, buffer = recompute(self.params, buffer, current, key, jnp.int32(0))
+            jax.block_until_ready(token)
+            prefill_s = time.perf_counter() - start
+
+            def advance(i):
+                nonlocal token, buffer, current
+                current = current + 1
+                token, buffer = recompute(self.params, buffer, current, key, jnp.int32(i))
+                return token
+
+        rows.add(np.asarray(token))
+        first_token_s = time.perf_counter() - start
+        steps = 0
+        while steps + 1 < max_new_tokens and not rows.all_done:
+            steps += 1
+            rows.add(np.asarray(advance(steps)))
+        decode_s = time.perf_counter() - start - first_token_s
+        rows.finish()
+        return Generation(texts=rows.texts, tokens=rows.tokens, prompt_tokens=lengths.tolist(),
+                          compile_s=round(self.compile_s - compiled_before, 3), prefill_ms=1000 * prefill_s,
+                          first_token_ms=1000 * first_token_s,
+                          decode_tokens_per_s=batch * steps / decode_s if steps else float("nan"))
+
+
+class _Rows:
+    """Host-side bookkeeping of each row's new tokens: EOS, stop texts, and streaming a single row."""
+
+    def __init__(self, tokenizer: Tokenizer, ids: list[list[int]], stop: Sequence[str], eos: int | None,
+                 on_text: Callable[[str], None] | None):
+        self.tokenizer, self.stop, self.eos, self.on_text = tokenizer, [s for s in stop if s], eos, on_text
+        self.tokens: list[list[int]] = [[] for _ in ids]
+        self.texts = ["" for _ in ids]
+        self.done = [False for _ in ids]
+        self.streamed = 0
+        # text that could still turn out to start a stop text is held back from the stream
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+
+    @property
+    def all_done(self) -> bool:
+        return all(self.done)
+
+    def add(self, new: np.ndarray) -> None:
+        for b, token in enumerate(new.tolist()):
+            if self.done[b]:
+                continue
+            if token == self.eos:
+                self.done[b] = True
+                continue
+            self.tokens[b].append(token)
+            text = self.tokenizer.decode(self.tokens[b])
+            cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, self.done[b] = text[:cut], True
+                self.tokens[b] = _tokens_within(self.tokenizer, self.tokens[b], cut)
+            self.texts[b] = text
+        self._stream(final=False)
+
+    def finish(self) -> None:
+        self._stream(final=True)
+
+    def _stream(self, final: bool) -> None:
+        if self.on_text is None:
+            return
+        text = self.texts[0]
+        end = len(text) if final or self.done[0] else len(text) - self.hold
+        if not final and text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            end = min(end, len(text) - 1)
+        if end > self.streamed:
+            self.on_text(text[self.streamed:end])
+            self.streamed = end
+
+
+def _tokens_within(tokenizer: Tokenizer, tokens: list[int], chars: int) -> list[int]:
+    """The longest prefix of ``tokens`` whose text fits in the first ``chars`` characters."""
+    while tokens and len(tokenizer.decode(tokens)) > chars:
+        tokens = tokens[:-1]
+    return tokens

@@ -1,0 +1,37 @@
+"""A trained run's model as generation wants it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import equinox as eqx
+import jax
+
+from chimera_jax.config import RunConfig
+from chimera_jax.models.builder import build_model
+from chimera_jax.models.transformer import Decoder
+from chimera_jax.train.checkpoint import load_model
+
+
+def dropless(model: Decoder, cfg: RunConfig) -> tuple[Decoder, RunConfig]:
+    """``model`` with its MoE layers dispatching dropless. The dispatch holds no parameters, so the arrays
+    are the trained ones; capacity dispatch would drop tokens depending on who else is in the batch, and a
+    prompt's continuation must not depend on the other prompts."""
+    if not cfg.model.moe.enabled or cfg.model.moe.dispatch == "dropless":
+        return model, cfg
+    moe = dataclasses.replace(cfg.model.moe, dispatch="dropless")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, moe=moe))
+    skeleton = eqx.filter_eval_shape(build_model, cfg.model, jax.random.PRNGKey(0))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(skeleton), jax.tree_util.tree_leaves(model)), cfg
+
+
+def load_for_decoding(run_dir: str | Path, *, step: int | None = None,
+                      depth: int | None = None) -> tuple[Decoder, RunConfig]:
+    """``(model, cfg)`` of a run, MoE layers dropless, a time-indexed stack run at ``depth`` layers if given."""
+    model, cfg = dropless(*load_model(run_dir, step))
+    if depth is not None:
+        from chimera_jax.models.time_indexed import with_depth
+
+        model = with_depth(model, depth)
+    return model, cfg

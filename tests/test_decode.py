@@ -1,0 +1,207 @@
+"""Incremental decoding: every family's cached state reproduces full recompute; the generation engine is
+deterministic, reproducible from its seed, batch-independent and compiles once; sampling keeps exactly
+the top-k / top-p tokens."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from chimera_jax.config import ModelConfig, MoEConfig, RunConfig, SSMConfig, TimeConfig
+from chimera_jax.generate.engine import Generator
+from chimera_jax.generate.loading import dropless
+from chimera_jax.generate.sampling import Sampling, next_tokens, restrict
+from chimera_jax.models.builder import build_model
+from chimera_jax.models.kv_cache import CacheLayout
+from chimera_jax.tokenizer import get_tokenizer
+
+BASE = ModelConfig(vocab_size=64, max_seq_len=48, d_model=32, n_layers=2, n_heads=4)
+FAMILIES = {
+    "learned": dataclasses.replace(BASE, positions="learned"),
+    "sinusoidal": BASE,
+    "rope_gqa": dataclasses.replace(BASE, positions="rope", n_kv_heads=2, norm="rmsnorm", ffn="swiglu", bias=False),
+    "rope_sinks": dataclasses.replace(BASE, positions="rope", attention_sinks=True),
+    "moe": dataclasses.replace(BASE, moe=MoEConfig(enabled=True, num_experts=4, top_k=2, dispatch="dropless")),
+    "ti_mlp": dataclasses.replace(BASE, time=TimeConfig(enabled=True)),
+    "ti_ssm": dataclasses.replace(BASE, mixer="ssm", positions="none", time=TimeConfig(enabled=True)),
+    "ssm_sequential": dataclasses.replace(BASE, mixer="ssm", positions="none", ssm=SSMConfig(scan="sequential")),
+}
+
+
+def perturbed(model, scale: float = 0.3, seed: int = 1):
+    """Random init plus noise on every float array: the tiny init is near-uniform, and a decoding bug
+    (a wrong position, a stale state) must move the logits far beyond the tolerance."""
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves)))
+    return jax.tree_util.tree_unflatten(treedef, [
+        leaf + scale * jax.random.normal(next(keys), leaf.shape) if isinstance(leaf, jax.Array)
+        and jnp.issubdtype(leaf.dtype, jnp.floating) else leaf for leaf in leaves])
+
+
+def model_of(cfg: ModelConfig):
+    return perturbed(build_model(cfg, jax.random.PRNGKey(0)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_decoding_gives_the_logits_of_full_recompute(family):
+    """Prompts of lengths 5, 3 and 8 prefilled in one padded batch, then 6 tokens each one at a time: every
+    step's logits equal ``Decoder.__call__`` over the whole sequence at that position."""
+    model = model_of(FAMILIES[family])
+    T, width, lengths = 16, 8, np.array([5, 3, 8])
+    tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, T), 0, 64))
+    full = np.asarray(model(jnp.asarray(tokens), inference=True)[0])
+    positions = np.where(np.arange(width) < lengths[:, None], np.arange(width), -1)
+    state = model.init_state(3, CacheLayout(window=32))
+    extend = eqx.filter_jit(lambda m, *args: m.extend(*args))
+    logits, state = extend(model, jnp.asarray(tokens[:, :width]), state, jnp.asarray(positions))
+    rows = np.arange(3)
+    np.testing.assert_allclose(np.asarray(logits)[rows, lengths - 1], full[rows, lengths - 1], atol=2e-5, rtol=1e-5)
+    current = lengths.copy()
+    for _ in range(6):
+        logits, state = extend(model, jnp.asarray(tokens[rows, current][:, None]), state, jnp.asarray(current[:, None]))
+        np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, current], atol=2e-5, rtol=1e-5)
+        current += 1
+
+
+def test_a_stale_state_would_be_caught():
+    """The tolerance above means something: decoding token 1 from an empty state is far off."""
+    model = model_of(FAMILIES["ti_ssm"])
+    tokens = jnp.asarray([[3, 7]])
+    full = eqx.filter_jit(lambda m, t: m(t, inference=True)[0])(model, tokens)
+    wrong, _ = eqx.filter_jit(lambda m, *args: m.extend(*args))(model, tokens[:, 1:],
+                                                                model.init_state(1, CacheLayout(window=8)),
+                                                                jnp.asarray([[1]]))
+    assert float(jnp.abs(wrong[0, 0] - full[0, 1]).max()) > 1e-2
+
+
+def byte_generator(cfg: ModelConfig = FAMILIES["rope_gqa"], **kwargs) -> Generator:
+    return Generator(model_of(dataclasses.replace(cfg, vocab_size=256)), get_tokenizer("byte"), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    return byte_generator()
+
+
+PROMPTS = ["The cat sat", "A", "Once upon a time there"]
+
+
+def test_greedy_is_deterministic_and_the_cache_changes_nothing(generator):
+    cached = generator.generate(PROMPTS, max_new_tokens=12, ignore_eos=True)
+    assert cached.tokens == generator.generate(PROMPTS, max_new_tokens=12, ignore_eos=True).tokens
+    assert cached.tokens == generator.generate(PROMPTS, max_new_tokens=12, ignore_eos=True, cache=False).tokens
+    assert cached.new_tokens == [12, 12, 12] and cached.prompt_tokens == [11, 1, 22]
+    assert len({tuple(t) for t in cached.tokens}) == 3 and all(len(set(t)) > 1 for t in cached.tokens)
+
+
+def test_each_prompt_decodes_as_it_would_alone(generator):
+    together = generator.generate(PROMPTS, max_new_tokens=10, ignore_eos=True)
+    for prompt, tokens in zip(PROMPTS, together.tokens, strict=True):
+        assert generator.generate(prompt, max_new_tokens=10, ignore_eos=True).tokens[0] == tokens
+
+
+def test_sampling_reproduces_from_its_seed_in_both_modes(generator):
+    sampling = Sampling(temperature=1.0, top_k=40, top_p=0.95)
+    first = generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=7, ignore_eos=True)
+    assert first.tokens == generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=7,
+                                              ignore_eos=True).tokens
+    assert first.tokens == generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=7, cache=False,
+                                              ignore_eos=True).tokens
+    assert first.tokens != generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=8,
+                                              ignore_eos=True).tokens
+
+
+@contextlib.contextmanager
+def count_compiles():
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_one_compile_per_generation_and_none_within_a_bucket():
+    generator = byte_generator(FAMILIES["sinusoidal"])
+    with count_compiles() as compiles:
+        generator.generate(["abc", "hello"], max_new_tokens=20, ignore_eos=True)
+    assert len(generator._compiled) == 3  # prefill, first-token sampling, the decode step
+    with count_compiles() as more:
+        generator.generate(["a prompt of 14", "xy"], max_new_tokens=20, ignore_eos=True)  # same bucket (16)
+    assert compiles and not more
+    with count_compiles() as longer:
+        generator.generate(["a prompt longer than sixteen bytes", "xy"], max_new_tokens=20, ignore_eos=True)
+    assert longer  # a new bucket compiles its prefill
+
+
+def test_stop_text_cuts_the_output(generator):
+    full = generator.generate("The cat sat", max_new_tokens=16, ignore_eos=True).texts[0]
+    stop = full[5:7]
+    cut = generator.generate("The cat sat", max_new_tokens=16, ignore_eos=True, stop=[stop])
+    assert cut.texts[0] == full[:full.index(stop)]
+    assert get_tokenizer("byte").decode(cut.tokens[0]) == cut.texts[0]
+
+
+def test_streamed_text_is_the_final_text(generator):
+    pieces: list[str] = []
+    result = generator.generate("Once", max_new_tokens=14, ignore_eos=True, on_text=pieces.append)
+    assert "".join(pieces) == result.texts[0] and len(pieces) > 1
+
+
+def test_rolling_cache_decodes_past_the_cache_size():
+    generator = byte_generator(FAMILIES["rope_sinks"], layout=CacheLayout(window=8, sinks=2))
+    result = generator.generate(PROMPTS, max_new_tokens=30, ignore_eos=True)  # far past 10 slots
+    assert result.new_tokens == [30, 30, 30]
+    state = generator.model.init_state(3, CacheLayout(window=8, sinks=2))
+    assert {leaf.shape[2] for leaf in jax.tree_util.tree_leaves(state) if leaf.ndim >= 3} == {10}
+
+
+def test_bad_input_fails_before_compiling():
+    generator = byte_generator(FAMILIES["learned"])  # 48 learned positions
+    with pytest.raises(ValueError, match="prompt 2 is empty"):
+        generator.generate(["ok", ""], max_new_tokens=4)
+    with pytest.raises(ValueError, match="passes the model's 48 learned positions"):
+        generator.generate("x" * 40, max_new_tokens=10)
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        generator.generate("x", max_new_tokens=0)
+    assert not generator._compiled
+    for bad, message in [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
+                         ({"top_p": 1.5}, "top_p"), ({"top_k": 0}, "top_k")]:
+        with pytest.raises(ValueError, match=message):
+            Sampling(**bad)
+
+
+def test_restrict_keeps_exactly_the_top_k_and_the_nucleus():
+    logits = jnp.log(jnp.asarray([[0.05, 0.4, 0.1, 0.3, 0.15]]))
+    kept = lambda out: set(np.flatnonzero(np.isfinite(np.asarray(out[0]))).tolist())  # noqa: E731
+    assert kept(restrict(logits, top_k=2, top_p=1.0)) == {1, 3}
+    assert kept(restrict(logits, top_k=None, top_p=0.7)) == {1, 3}  # 0.4 + 0.3 reaches 0.7
+    assert kept(restrict(logits, top_k=None, top_p=0.71)) == {1, 3, 4}
+    assert kept(restrict(logits, top_k=None, top_p=0.01)) == {1}  # the most likely token always stays
+    assert kept(restrict(logits, top_k=3, top_p=0.99)) == {1, 3, 4}
+    np.testing.assert_array_equal(restrict(logits, None, 1.0), logits)
+    greedy = next_tokens(logits, jax.random.PRNGKey(0), Sampling())
+    assert int(greedy[0]) == 1
+
+
+def test_moe_decodes_dropless_with_the_trained_arrays():
+    moe = MoEConfig(enabled=True, num_experts=4, top_k=2, dispatch="capacity", capacity_factor=0.5)
+    cfg = dataclasses.replace(BASE, vocab_size=256, moe=moe)
+    model = build_model(cfg, jax.random.PRNGKey(0))
+    decoding, run = dropless(model, RunConfig(model=cfg))
+    assert run.model.moe.dispatch == "dropless"
+    moe = decoding.stack.groups[0].ffn
+    assert moe.dispatch == "dropless"
+    for a, b in zip(jax.tree_util.tree_leaves(model), jax.tree_util.tree_leaves(decoding), strict=True):
+        assert a is b
