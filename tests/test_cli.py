@@ -18,7 +18,8 @@ from chimera_jax.config import ConfigError
 from chimera_jax.malloc import TUNED
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment_ti", "bench_moe", "plot_experts")
+COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment_ti", "bench_moe", "plot_experts",
+            "generate")
 BIN = Path(sys.executable).parent
 
 
@@ -35,6 +36,7 @@ def test_documented_spellings_parse_to_the_dataclass():
     assert (args.runs, args.hf, args.corpus, args.seq_len, args.max_windows) == (
         ["runs/a", "runs/b"], ["gpt2", "EleutherAI/pythia-70m"], "bbc_news", 64, 4)
     assert (args.split, args.stride, args.repeats) == ("test", None, 3)  # the command's defaults
+    assert parse(CompareArgs, ["a", "--hf=EleutherAI/pythia 70m"], positional="runs").hf == ["EleutherAI/pythia 70m"]
 
     args, rest = parse_known(ExperimentArgs, ["--steps", "30", "--presets", "standard", "ti_ssm",
                                               "--data.corpus", "kjv", "--eval-every", "10", "--model.n-layers", "2"])
@@ -178,6 +180,6 @@ def test_bench_moe_sections_on_a_tiny_shape():
 
 def test_commands_check_their_arguments_before_jax_is_imported():
     """A bad command line costs a fraction of a second: the command modules that parse and check load JAX lazily."""
-    light = ("entry", "train", "eval", "eval_hf", "compare", "export_hf", "experiment_ti")
+    light = ("entry", "train", "eval", "eval_hf", "compare", "export_hf", "experiment_ti", "generate")
     code = f"import sys\nfor m in {light!r}: __import__('chimera_jax.cli.' + m)\nprint('jax' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

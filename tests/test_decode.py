@@ -19,6 +19,7 @@ from chimera_jax.generate.loading import dropless
 from chimera_jax.generate.sampling import Sampling, next_tokens, restrict
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.kv_cache import CacheLayout
+from chimera_jax.models.time_indexed import with_depth
 from chimera_jax.tokenizer import get_tokenizer
 
 BASE = ModelConfig(vocab_size=64, max_seq_len=48, d_model=32, n_layers=2, n_heads=4)
@@ -48,11 +49,14 @@ def model_of(cfg: ModelConfig):
     return perturbed(build_model(cfg, jax.random.PRNGKey(0)))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "ti_ssm_at_depth_3"])
 def test_cached_decoding_gives_the_logits_of_full_recompute(family):
     """Prompts of lengths 5, 3 and 8 prefilled in one padded batch, then 6 tokens each one at a time: every
     step's logits equal ``Decoder.__call__`` over the whole sequence at that position."""
-    model = model_of(FAMILIES[family])
+    if family == "ti_ssm_at_depth_3":  # trained at 2 layers, run at 3: one state per depth
+        model = with_depth(model_of(FAMILIES["ti_ssm"]), 3)
+    else:
+        model = model_of(FAMILIES[family])
     T, width, lengths = 16, 8, np.array([5, 3, 8])
     tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, T), 0, 64))
     full = np.asarray(model(jnp.asarray(tokens), inference=True)[0])

@@ -88,8 +88,8 @@ def parse_known(cls: type[T], argv: Sequence[str], *, positional: str | None = N
         kind = kinds.get(name)
         if arg == "--help":
             known.append(arg)
-        elif eq:
-            (known if kind else rest).extend([f"--{name}", value])
+        elif eq:  # --name=value: one value, a list of one for a list field
+            (known if kind else rest).extend([f"--{name}", json.dumps([value]) if kind == "list" else value])
         elif kind == "switch" and (i == len(args) or _is_flag(args[i])):
             known.extend([f"--{name}", "true"])
         elif kind == "list":

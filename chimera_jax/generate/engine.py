@@ -50,7 +50,7 @@ class Generation:
     compile_s: float
     prefill_ms: float  # the prompts' forward pass, state included
     first_token_ms: float  # request to first new tokens on the host: prefill, sampling, transfer
-    decode_tokens_per_s: float  # after the first token, tokens of the whole batch per second
+    decode_tokens_per_s: float | None  # after the first token, tokens of the whole batch per second (None: no step)
 
     @property
     def new_tokens(self) -> list[int]:
@@ -221,7 +221,7 @@ class Generator:
         return Generation(texts=rows.texts, tokens=rows.tokens, prompt_tokens=lengths.tolist(),
                           compile_s=round(self.compile_s - compiled_before, 3), prefill_ms=1000 * prefill_s,
                           first_token_ms=1000 * first_token_s,
-                          decode_tokens_per_s=batch * steps / decode_s if steps else float("nan"))
+                          decode_tokens_per_s=batch * steps / decode_s if steps else None)
 
 
 class _Rows:

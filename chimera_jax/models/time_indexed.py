@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from chimera_jax.config import TimeConfig
+from chimera_jax.config import ConfigError, TimeConfig
 from chimera_jax.models.layers import Linear, sinusoidal_embedding
 from chimera_jax.models.roles import Role, role
 from chimera_jax.models.transformer import Block, Context, scan_layers, stacked_state
@@ -209,7 +209,7 @@ class TimeIndexedStack(eqx.Module):
 def with_depth(model: eqx.Module, depth: int) -> eqx.Module:
     """``model`` (a Decoder with a time-indexed stack) run with ``depth`` layers: ``t = (i + 1) / depth``."""
     if not isinstance(getattr(model, "stack", None), TimeIndexedStack):
-        raise ValueError("with_depth needs a time-indexed model (model.time.enabled=true)")
+        raise ConfigError("depth: only a time-indexed model (model.time.enabled=true) runs at another depth")
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise ConfigError(f"depth={depth} must be >= 1")
     return eqx.tree_at(lambda m: m.stack.depth, model, depth)
