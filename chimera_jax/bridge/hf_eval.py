@@ -43,6 +43,8 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
     from chimera_jax.config import ConfigError, DataConfig
 
     torch = require("torch")
+    if protocol.window is not None:
+        raise ConfigError("window: the rolling KV cache scores our models in JAX only (chimera-eval), not in torch")
     if is_run_dir(spec):
         from chimera_jax.eval.run import load_run
 

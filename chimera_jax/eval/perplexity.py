@@ -9,6 +9,7 @@ stands for in the text, a document separator counting as the separator text it r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,7 +20,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.eval.streaming import streaming_nll
 from chimera_jax.eval.windows import num_batches, window_batches
+from chimera_jax.models.kv_cache import CacheLayout
 from chimera_jax.train.step import token_nll
 
 if TYPE_CHECKING:
@@ -56,5 +59,10 @@ def _batch_nll(model, inputs, targets, weights):
 
 
 def evaluate_model(model: eqx.Module, stream: TokenStream, protocol: EvalProtocol, progress: bool = False) -> dict:
-    """``evaluate`` for one of our models, in JAX."""
-    return evaluate(lambda x, y, w: _batch_nll(model, x, y, w), stream, protocol, progress)
+    """``evaluate`` for one of our models, in JAX: one forward pass per window batch, or, when the protocol
+    sets a ``window``, decoding through a rolling KV cache (eval/streaming.py)."""
+    if protocol.window is None:
+        batch_nll = functools.partial(_batch_nll, model)
+    else:
+        batch_nll = streaming_nll(model, CacheLayout(protocol.window, protocol.sink_tokens))
+    return evaluate(batch_nll, stream, protocol, progress)

@@ -28,6 +28,8 @@ class EvalProtocol:
     max_windows: int | None = None  # score only the first N windows
     batch_size: int = 8  # windows per forward pass
     data_dir: str | None = None  # local copy of a hub corpus
+    window: int | None = None  # None: full attention over each window; W: a rolling KV cache of the last W tokens
+    sink_tokens: int = 0  # with window: also keep the first S tokens in the cache (StreamingLLM's attention sinks)
 
     def resolved(self, *, corpus: str | None, tokenizer: str, seq_len: int | None,
                  data_dir: str | None = None) -> EvalProtocol:
@@ -60,10 +62,18 @@ class EvalProtocol:
             raise ConfigError(f"max_windows must be at least 1 (or unset for every window), got {out.max_windows}")
         if out.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {out.batch_size}")
+        if out.window is not None and out.window < 1:
+            raise ConfigError(f"window must be at least 1 token (or unset for full attention), got {out.window}")
+        if out.sink_tokens < 0:
+            raise ConfigError(f"sink_tokens must be >= 0, got {out.sink_tokens}")
+        if out.sink_tokens and out.window is None:
+            raise ConfigError("sink_tokens needs window: sink tokens are kept in a rolling KV cache of that window")
         return out
 
     def resolved_for(self, cfg: RunConfig) -> EvalProtocol:
-        """``resolved`` for a chimera run: its corpus, tokenizer and seq_len; learned positions bound seq_len."""
+        """``resolved`` for a chimera run: its corpus, tokenizer and seq_len. A seq_len past the training length
+        is the run's to extrapolate to (rope, sinusoidal, none), except learned positions: their table bounds it,
+        with a rolling cache too, since a token's position is its place in the text."""
         out = self.resolved(corpus=cfg.data.corpus, tokenizer=cfg.data.tokenizer, seq_len=cfg.data.seq_len,
                             data_dir=cfg.data.data_dir)
         max_len = cfg.model.max_seq_len or cfg.data.seq_len
@@ -104,10 +114,16 @@ class EvalProtocol:
         limit = f"the first {self.max_windows} windows only" if self.max_windows else "every window"
         if self.max_windows and self.tokenizer is None:
             limit += " (models with different tokenizers score different prefixes of the text)"
+        if self.window is None:
+            attention = "full attention over each window"
+        else:
+            sinks = f"the first {self.sink_tokens} tokens (attention sinks) and " if self.sink_tokens else ""
+            attention = f"a rolling KV cache that keeps {sinks}the last {self.window} tokens (chunked decoding)"
         return "\n".join([
             f"text: {corpus}, {self.split} split, documents joined by each "
             f"tokenizer's end-of-text id (or its encoding of the separator text when it has none)",
             f"tokenizer: {tokenizer}",
             f"windows: seq-len {seq_len}, {windows}, {limit}; batch {self.batch_size}",
+            f"attention: {attention}",
             f"normalisation: {NORMALISATION}",
         ])
