@@ -1,0 +1,6 @@
+"""``python scripts/bench.py BENCH ARGS`` = ``chimera-bench BENCH ARGS`` (usage: chimera_jax/cli/bench.py)."""
+
+from chimera_jax.cli.entry import launch
+
+if __name__ == "__main__":
+    launch("bench")
