@@ -73,6 +73,22 @@ def test_cached_decoding_gives_the_logits_of_full_recompute(family):
         current += 1
 
 
+@pytest.mark.parametrize("family", ["sinusoidal", "moe_every_2", "ti_ssm"])
+def test_a_layer_list_computes_what_the_scanned_stack_does(family):
+    """Generation unrolls the stack into one block per layer (each time-indexed depth gated once): same
+    logits, full pass and decoding, with the layers in order (MoE every 2nd layer of 4)."""
+    cfg = dataclasses.replace(BASE, n_layers=4, moe=MoEConfig(enabled=True, num_experts=4, every=2)) \
+        if family == "moe_every_2" else FAMILIES[family]
+    model = model_of(cfg)
+    listed = model.with_layer_list()
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 12), 0, 64)
+    full = eqx.filter_jit(lambda m, t: m(t, inference=True)[0])
+    np.testing.assert_allclose(full(listed, tokens), full(model, tokens), atol=1e-5, rtol=1e-5)
+    extend = eqx.filter_jit(lambda m, t: m.extend(t, m.init_state(2, CacheLayout(window=16)),
+                                                  jnp.broadcast_to(jnp.arange(12), (2, 12)))[0])
+    np.testing.assert_allclose(extend(listed, tokens), extend(model, tokens), atol=1e-5, rtol=1e-5)
+
+
 def test_a_stale_state_would_be_caught():
     """The tolerance above means something: decoding token 1 from an empty state is far off."""
     model = model_of(FAMILIES["ti_ssm"])

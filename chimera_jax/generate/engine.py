@@ -74,8 +74,11 @@ class Generator:
     """
 
     def __init__(self, model: Decoder, tokenizer: Tokenizer, *, layout: CacheLayout | None = None):
-        self.model, self.tokenizer, self.layout = model, tokenizer, layout
-        self.params, self.static = eqx.partition(model, eqx.is_array)
+        # One block per layer with its own arrays: a step reads each layer's weights in place, where a scan
+        # over stacked layers copies them out first (and a time-indexed stack would re-gate them per token).
+        self.model = model.with_layer_list()
+        self.tokenizer, self.layout = tokenizer, layout
+        self.params, self.static = eqx.partition(self.model, eqx.is_array)
         self.max_positions = model.pos_embed.shape[0] if model.positions == "learned" else None
         self._compiled: dict[tuple, Callable] = {}
         self.compile_s = 0.0
@@ -212,10 +215,15 @@ class Generator:
 
         rows.add(np.asarray(token))
         first_token_s = time.perf_counter() - start
-        steps = 0
+        steps, queued = 0, []
         while steps + 1 < max_new_tokens and not rows.all_done:
             steps += 1
-            rows.add(np.asarray(advance(steps)))
+            if rows.watching:  # EOS, a stop text or the stream needs each token on the host as it comes
+                rows.add(np.asarray(advance(steps)))
+            else:  # else the steps run ahead of the host, which reads them all at the end
+                queued.append(advance(steps))
+        for new in jax.device_get(queued):
+            rows.add(new)
         decode_s = time.perf_counter() - start - first_token_s
         rows.finish()
         return Generation(texts=rows.texts, tokens=rows.tokens, prompt_tokens=lengths.tolist(),
@@ -241,6 +249,11 @@ class _Rows:
     def all_done(self) -> bool:
         return all(self.done)
 
+    @property
+    def watching(self) -> bool:
+        """Whether a token can end a row or must be shown at once."""
+        return self.eos is not None or bool(self.stop) or self.on_text is not None
+
     def add(self, new: np.ndarray) -> None:
         for b, token in enumerate(new.tolist()):
             if self.done[b]:
@@ -249,15 +262,22 @@ class _Rows:
                 self.done[b] = True
                 continue
             self.tokens[b].append(token)
-            text = self.tokenizer.decode(self.tokens[b])
-            cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text, self.done[b] = text[:cut], True
-                self.tokens[b] = _tokens_within(self.tokenizer, self.tokens[b], cut)
-            self.texts[b] = text
+            if self.stop or (self.on_text is not None and b == 0):
+                self._update_text(b)
         self._stream(final=False)
 
+    def _update_text(self, b: int) -> None:
+        text = self.tokenizer.decode(self.tokens[b])
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, self.done[b] = text[:cut], True
+            self.tokens[b] = _tokens_within(self.tokenizer, self.tokens[b], cut)
+        self.texts[b] = text
+
     def finish(self) -> None:
+        for b in range(len(self.tokens)):
+            if not self.stop:  # with stop texts every row's text is already current (and maybe cut)
+                self.texts[b] = self.tokenizer.decode(self.tokens[b])
         self._stream(final=True)
 
     def _stream(self, final: bool) -> None:

@@ -38,7 +38,7 @@ def apply_rope(x: Float[Array, "... T H hd"], cos: Array, sin: Array) -> Float[A
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-def masked_attention(q: Float[Array, "B Tq H hd"], k: Float[Array, "B Tk G hd"], v: Float[Array, "B Tk G hd"],
+def masked_attention(q: Float[Array, "B Tq H hd"], k: Float[Array, "B G Tk hd"], v: Float[Array, "B G Tk hd"],
                      allowed: Bool[Array, "B Tq Tk"], sink_logits: Float[Array, " H"] | None = None, *,
                      q_for_sinks: Float[Array, "B Tq H hd"] | None = None, sink_keys: Bool[Array, "B Tk"] | None = None,
                      dropout_rate: float = 0.0, key: PRNGKeyArray | None = None,
@@ -46,17 +46,18 @@ def masked_attention(q: Float[Array, "B Tq H hd"], k: Float[Array, "B Tk G hd"],
     """Softmax attention over named axes where query i sees key j iff ``allowed[b, i, j]``.
 
     The H query heads are grouped over the G key/value heads (grouped-query attention; G == H is
-    ordinary multi-head attention). Scores and softmax are in f32. ``q_for_sinks`` (the queries rotated
+    ordinary multi-head attention); keys and values come heads first, the KV cache's layout. Scores and
+    softmax are in f32. ``q_for_sinks`` (the queries rotated
     to another position) scores the keys marked ``sink_keys`` instead of ``q``: the rolling cache's
     re-positioned sinks. Dropout acts on the attention probabilities.
     """
     B, Tq, H, hd = q.shape
-    Tk, G = k.shape[1], k.shape[2]
+    G, Tk = k.shape[1], k.shape[2]
     Batch, Pos, KvHead, QPerKv, HeadDim = (hax.Axis("batch", B), hax.Axis("position", Tq), hax.Axis("kv_head", G),
                                            hax.Axis("q_per_kv", H // G), hax.Axis("head_dim", hd))
     KeyPos = hax.Axis("key_position", Tk)
-    k = hax.named(k, (Batch, KeyPos, KvHead, HeadDim))
-    v = hax.named(v, (Batch, KeyPos, KvHead, HeadDim))
+    k = hax.named(k, (Batch, KvHead, KeyPos, HeadDim))
+    v = hax.named(v, (Batch, KvHead, KeyPos, HeadDim))
 
     def scores_of(queries: Array) -> hax.NamedArray:
         named = hax.named(queries.reshape(B, Tq, G, H // G, hd), (Batch, Pos, KvHead, QPerKv, HeadDim))
@@ -92,7 +93,8 @@ def reference_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"]
     """Causal ``masked_attention`` over one sequence, keys masked by ``key_mask`` (False: padding)."""
     B, T = q.shape[:2]
     allowed = jnp.broadcast_to(causal_mask(key_mask, T), (B, T, T))
-    return masked_attention(q, k, v, allowed, sink_logits, dropout_rate=dropout_rate, key=key, inference=inference)
+    return masked_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), allowed, sink_logits, dropout_rate=dropout_rate,
+                            key=key, inference=inference)
 
 
 def fused_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
@@ -176,13 +178,19 @@ class Attention(eqx.Module):
             layout = cache.layout
             q_raw, k, v = self._project(x)
             q, k = self._rotate(q_raw, jnp.maximum(positions, 0)), self._rotate(k, jnp.maximum(positions, 0))
-            key_positions = jnp.concatenate([cache.positions, positions], axis=1)
+            if C == 1:  # one token evicts only a key it would not see: write first, attend to the cache alone
+                cache = cache.write(k, v, positions)
+                keys, values, key_positions = cache.k, cache.v, cache.positions
+            else:  # a chunk's later tokens may evict keys its earlier ones see: attend to cache + chunk, then write
+                keys = jnp.concatenate([cache.k, k.swapaxes(1, 2).astype(cache.k.dtype)], axis=2)
+                values = jnp.concatenate([cache.v, v.swapaxes(1, 2).astype(cache.v.dtype)], axis=2)
+                key_positions = jnp.concatenate([cache.positions, positions], axis=1)
             q_for_sinks = sink_keys = None
             if self.rope_theta is not None and layout.sinks:  # sinks seen from at most the cache's last slot
                 q_for_sinks = self._rotate(q_raw, jnp.clip(positions, 0, layout.last_slot))
                 sink_keys = (key_positions >= 0) & (key_positions < layout.sinks)
-            out = masked_attention(q, jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1),
-                                   jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1),
-                                   layout.visible(positions, key_positions), self.sink_logits,
+            out = masked_attention(q, keys, values, layout.visible(positions, key_positions), self.sink_logits,
                                    q_for_sinks=q_for_sinks, sink_keys=sink_keys)
-            return self.w_o(out.reshape(B, C, -1)), cache.write(k, v, positions)
+            if C > 1:
+                cache = cache.write(k, v, positions)
+            return self.w_o(out.reshape(B, C, -1)), cache

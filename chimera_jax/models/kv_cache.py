@@ -60,14 +60,15 @@ class CacheLayout:
 class KVCache(eqx.Module):
     """Keys (rotated, when the model uses RoPE) and values of one attention layer, with their positions."""
 
-    k: Float[Array, "B S G hd"]
-    v: Float[Array, "B S G hd"]
+    # heads before slots: the layout the attention contractions read without transposing the cache
+    k: Float[Array, "B G S hd"]
+    v: Float[Array, "B G S hd"]
     positions: Int[Array, "B S"]
     layout: CacheLayout = eqx.field(static=True)
 
     @classmethod
     def empty(cls, batch: int, layout: CacheLayout, n_kv_heads: int, head_dim: int, dtype) -> KVCache:
-        shape = (batch, layout.size, n_kv_heads, head_dim)
+        shape = (batch, n_kv_heads, layout.size, head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, layout.size), -1, jnp.int32),
                    layout)
 
@@ -82,6 +83,7 @@ class KVCache(eqx.Module):
         kept = (positions >= 0) & ((positions < layout.sinks) | (positions > latest - layout.window))
         slots = jnp.where(kept, layout.slots(positions), layout.size)  # out of range: dropped
         rows = jnp.arange(positions.shape[0])[:, None]
-        return KVCache(self.k.at[rows, slots].set(k.astype(self.k.dtype), mode="drop"),
-                       self.v.at[rows, slots].set(v.astype(self.v.dtype), mode="drop"),
+        # [rows, :, slots] indexes [B, C, G, hd]: the chunk's own layout
+        return KVCache(self.k.at[rows, :, slots].set(k.astype(self.k.dtype), mode="drop"),
+                       self.v.at[rows, :, slots].set(v.astype(self.v.dtype), mode="drop"),
                        self.positions.at[rows, slots].set(positions, mode="drop"), layout)

@@ -194,6 +194,10 @@ class TimeIndexedStack(eqx.Module):
         return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key,
                            self.unroll)
 
+    def layers(self) -> tuple[Block, ...]:
+        """The shared block gated at each depth's t, as ``depth`` blocks of their own."""
+        return tuple(self.block_at(t) for t in self.times())
+
     def init_state(self, batch: int, layout: object, dtype) -> object:
         """One mixer state per depth: the shared weights run ``depth`` times, each with its own history."""
         return stacked_state(self.block, self.depth, batch, layout, dtype)

@@ -114,6 +114,13 @@ class ScannedStack(eqx.Module):
 
         return scan_layers(step, params, x, n_groups, key, self.unroll)
 
+    def layers(self) -> tuple[Block, ...]:
+        """The blocks in order, each with its own arrays."""
+        params, static = eqx.partition(self.groups, eqx.is_array)
+        n_groups = jax.tree_util.tree_leaves(params)[0].shape[0]
+        return tuple(eqx.combine(jax.tree_util.tree_map(lambda a, i=i: a[i], params[j]), static[j])
+                     for i in range(n_groups) for j in range(len(self.groups)))
+
     def init_state(self, batch: int, layout: Any, dtype) -> tuple[Any, ...]:
         n_groups = jax.tree_util.tree_leaves(self.groups[0])[0].shape[0]
         return tuple(stacked_state(group, n_groups, batch, layout, dtype) for group in self.groups)
@@ -130,6 +137,39 @@ class ScannedStack(eqx.Module):
             return h, tuple(new)
 
         return jax.lax.scan(body, x, (params, states), unroll=self.unroll)
+
+
+class LayerList(eqx.Module):
+    """A stack as a tuple of blocks with their own arrays, run one after another (unrolled when traced).
+
+    For decoding: each step then reads every layer's weights where they lie, where a scan over stacked
+    layers slices (copies) each layer's weights first, and a time-indexed stack recomputes its gated
+    weights. ``layers()`` of either stack gives the blocks; the numbers are the same.
+    """
+
+    blocks: tuple[Block, ...]
+
+    def layers(self) -> tuple[Block, ...]:
+        return self.blocks
+
+    def __call__(self, x: Array, ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
+        keys = jax.random.split(key, len(self.blocks)) if key is not None else (None,) * len(self.blocks)
+        auxes = []
+        for block, k in zip(self.blocks, keys, strict=True):
+            x, aux = block(x, ctx, k)
+            if aux:  # as the scan's: stacked over the layers that report (the MoE ones)
+                auxes.append(aux)
+        return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *auxes) if auxes else {}
+
+    def init_state(self, batch: int, layout: Any, dtype) -> tuple[Any, ...]:
+        return tuple(block.mixer.init_state(batch, layout, dtype) for block in self.blocks)
+
+    def extend(self, x: Array, states: tuple[Any, ...], positions: Int[Array, "B C"]) -> tuple[Array, tuple]:
+        new = []
+        for block, state in zip(self.blocks, states, strict=True):
+            x, state = block.extend(x, state, positions)
+            new.append(state)
+        return x, tuple(new)
 
 
 class Decoder(eqx.Module):
@@ -170,6 +210,10 @@ class Decoder(eqx.Module):
             x = x.astype(self.embed.weight.dtype)
         x, aux = self.stack(x, Context(key_mask, inference), k_stack)
         return self._head(x), aux
+
+    def with_layer_list(self) -> Decoder:
+        """This decoder with its stack as a ``LayerList``: the same numbers, faster to decode."""
+        return eqx.tree_at(lambda d: d.stack, self, LayerList(self.stack.layers()))
 
     def init_state(self, batch: int, layout: Any, dtype=None) -> Any:
         """The empty decoding state for ``batch`` sequences (``layout``: the attention layers' KV cache)."""
