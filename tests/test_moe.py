@@ -53,6 +53,7 @@ DISPATCH_CASES = [  # E, k, (B, T) with an odd token count, ffn, bias, gate
     (4, 1, (1, 7), "gelu", True, "softmax_topk"),
     (7, 2, (3, 5), "swiglu", False, "topk_softmax"),
     (3, 3, (1, 9), "gelu", True, "softmax_topk"),
+    (8, 2, (1, 3), "swiglu", True, "softmax_topk"),  # 6 assignments < 8 experts: dropless gathers (decoding)
 ]
 
 

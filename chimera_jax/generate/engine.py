@@ -76,9 +76,8 @@ class Generator:
     def __init__(self, model: Decoder, tokenizer: Tokenizer, *, layout: CacheLayout | None = None):
         # One block per layer with its own arrays: a step reads each layer's weights in place, where a scan
         # over stacked layers copies them out first (and a time-indexed stack would re-gate them per token).
-        self.model = model.with_layer_list()
-        self.tokenizer, self.layout = tokenizer, layout
-        self.params, self.static = eqx.partition(self.model, eqx.is_array)
+        self.model, self.tokenizer, self.layout = model, tokenizer, layout
+        self.params, self.static = eqx.partition(model.with_layer_list(), eqx.is_array)
         self.max_positions = model.pos_embed.shape[0] if model.positions == "learned" else None
         self._compiled: dict[tuple, Callable] = {}
         self.compile_s = 0.0

@@ -14,6 +14,7 @@ dropped after it, so a head can put weight on "nothing" instead of on some token
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import equinox as eqx
 import haliax as hax
@@ -38,32 +39,39 @@ def apply_rope(x: Float[Array, "... T H hd"], cos: Array, sin: Array) -> Float[A
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-def masked_attention(q: Float[Array, "B Tq H hd"], k: Float[Array, "B G Tk hd"], v: Float[Array, "B G Tk hd"],
-                     allowed: Bool[Array, "B Tq Tk"], sink_logits: Float[Array, " H"] | None = None, *,
+KVBlock = tuple[Float[Array, "B G _ hd"], Float[Array, "B G hd _"]]  # keys and values, the KV cache's layout
+
+
+def masked_attention(q: Float[Array, "B Tq H hd"], blocks: Sequence[KVBlock], allowed: Bool[Array, "B Tq Tk"],
+                     sink_logits: Float[Array, " H"] | None = None, *,
                      q_for_sinks: Float[Array, "B Tq H hd"] | None = None, sink_keys: Bool[Array, "B Tk"] | None = None,
                      dropout_rate: float = 0.0, key: PRNGKeyArray | None = None,
                      inference: bool = True) -> Float[Array, "B Tq H hd"]:
     """Softmax attention over named axes where query i sees key j iff ``allowed[b, i, j]``.
 
-    The H query heads are grouped over the G key/value heads (grouped-query attention; G == H is
-    ordinary multi-head attention); keys and values come heads first, the KV cache's layout. Scores and
-    softmax are in f32. ``q_for_sinks`` (the queries rotated
-    to another position) scores the keys marked ``sink_keys`` instead of ``q``: the rolling cache's
-    re-positioned sinks. Dropout acts on the attention probabilities.
+    The keys come in blocks (a KV cache, then the chunk being added), scored block by block and
+    normalised together, so no block is copied into a concatenation of them. The H query heads are
+    grouped over the G key/value heads (grouped-query attention; G == H is ordinary multi-head
+    attention); keys and values are in the KV cache's layout (kv_cache.py). Scores and softmax are in
+    f32. ``q_for_sinks`` (the queries rotated to another position) scores the keys marked ``sink_keys``
+    instead of ``q``: the rolling cache's re-positioned sinks. Dropout acts on the attention probabilities.
     """
     B, Tq, H, hd = q.shape
-    G, Tk = k.shape[1], k.shape[2]
+    G = blocks[0][0].shape[1]
     Batch, Pos, KvHead, QPerKv, HeadDim = (hax.Axis("batch", B), hax.Axis("position", Tq), hax.Axis("kv_head", G),
                                            hax.Axis("q_per_kv", H // G), hax.Axis("head_dim", hd))
-    KeyPos = hax.Axis("key_position", Tk)
-    k = hax.named(k, (Batch, KvHead, KeyPos, HeadDim))
-    v = hax.named(v, (Batch, KvHead, KeyPos, HeadDim))
+
+    def key_pos(n: int) -> hax.Axis:
+        return hax.Axis("key_position", n)
 
     def scores_of(queries: Array) -> hax.NamedArray:
         named = hax.named(queries.reshape(B, Tq, G, H // G, hd), (Batch, Pos, KvHead, QPerKv, HeadDim))
-        return hax.dot(named, k, axis=HeadDim, preferred_element_type=jnp.float32) / math.sqrt(hd)
+        return hax.concatenate("key_position", [
+            hax.dot(named, hax.named(k, (Batch, KvHead, key_pos(k.shape[2]), HeadDim)), axis=HeadDim,
+                    preferred_element_type=jnp.float32) for k, _ in blocks]) / math.sqrt(hd)
 
     scores = scores_of(q)
+    KeyPos = scores.resolve_axis("key_position")
     if q_for_sinks is not None:
         scores = hax.where(hax.named(sink_keys, (Batch, KeyPos)), scores_of(q_for_sinks), scores)
     scores = hax.where(hax.named(allowed, (Batch, Pos, KeyPos)), scores, jnp.finfo(jnp.float32).min)
@@ -74,9 +82,14 @@ def masked_attention(q: Float[Array, "B Tq H hd"], k: Float[Array, "B G Tk hd"],
         top = hax.maximum(hax.max(scores, axis=KeyPos), sink)
         weights = hax.exp(scores - top)
         probs = weights / (hax.sum(weights, axis=KeyPos) + hax.exp(sink - top))
-    probs = probs.astype(v.dtype)
-    probs = hax.named(dropout(probs.array, dropout_rate, key, inference), probs.axes)
-    out = hax.dot(probs, v, axis=KeyPos)
+    dtype = blocks[0][1].dtype
+    probs = hax.named(dropout(probs.astype(dtype).array, dropout_rate, key, inference), probs.axes)
+    out, start = None, 0
+    for _, v in blocks:
+        n = v.shape[-1]
+        part = hax.dot(probs["key_position", start:start + n], hax.named(v, (Batch, KvHead, HeadDim, key_pos(n))),
+                       axis="key_position")
+        out, start = part if out is None else out + part, start + n
     return out.rearrange((Batch, Pos, KvHead, QPerKv, HeadDim)).array.reshape(B, Tq, H, hd)
 
 
@@ -93,8 +106,8 @@ def reference_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"]
     """Causal ``masked_attention`` over one sequence, keys masked by ``key_mask`` (False: padding)."""
     B, T = q.shape[:2]
     allowed = jnp.broadcast_to(causal_mask(key_mask, T), (B, T, T))
-    return masked_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), allowed, sink_logits, dropout_rate=dropout_rate,
-                            key=key, inference=inference)
+    return masked_attention(q, [(k.swapaxes(1, 2), v.transpose(0, 2, 3, 1))], allowed, sink_logits,
+                            dropout_rate=dropout_rate, key=key, inference=inference)
 
 
 def fused_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
@@ -178,18 +191,17 @@ class Attention(eqx.Module):
             layout = cache.layout
             q_raw, k, v = self._project(x)
             q, k = self._rotate(q_raw, jnp.maximum(positions, 0)), self._rotate(k, jnp.maximum(positions, 0))
-            if C == 1:  # one token evicts only a key it would not see: write first, attend to the cache alone
+            if C == 1:  # one token evicts only a key it would not see: write it, then attend to the cache
                 cache = cache.write(k, v, positions)
-                keys, values, key_positions = cache.k, cache.v, cache.positions
-            else:  # a chunk's later tokens may evict keys its earlier ones see: attend to cache + chunk, then write
-                keys = jnp.concatenate([cache.k, k.swapaxes(1, 2).astype(cache.k.dtype)], axis=2)
-                values = jnp.concatenate([cache.v, v.swapaxes(1, 2).astype(cache.v.dtype)], axis=2)
+                blocks, key_positions = [(cache.k, cache.v)], cache.positions
+            else:  # a chunk's later tokens may evict keys its earlier ones see: attend to cache and chunk, then write
+                blocks = [(cache.k, cache.v), cache.chunk_block(k, v)]
                 key_positions = jnp.concatenate([cache.positions, positions], axis=1)
             q_for_sinks = sink_keys = None
             if self.rope_theta is not None and layout.sinks:  # sinks seen from at most the cache's last slot
                 q_for_sinks = self._rotate(q_raw, jnp.clip(positions, 0, layout.last_slot))
                 sink_keys = (key_positions >= 0) & (key_positions < layout.sinks)
-            out = masked_attention(q, keys, values, layout.visible(positions, key_positions), self.sink_logits,
+            out = masked_attention(q, blocks, layout.visible(positions, key_positions), self.sink_logits,
                                    q_for_sinks=q_for_sinks, sink_keys=sink_keys)
             if C > 1:
                 cache = cache.write(k, v, positions)

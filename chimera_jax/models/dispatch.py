@@ -74,9 +74,17 @@ def capacity_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Rout
 
 
 def dropless_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Routing) -> Dispatched:
-    """Sort the N*k assignments by expert, run the grouped FFN (grouped.py), unsort: nothing dropped."""
+    """Sort the N*k assignments by expert, run the grouped FFN (grouped.py), unsort: nothing dropped.
+
+    With fewer assignments than experts (decoding a few tokens), each assignment instead takes its
+    expert's weights: only the chosen experts are read, where the grouped FFN touches all of them.
+    """
     n, k = routing.experts.shape
     num_experts = routing.probs.shape[-1]
+    if n * k < num_experts:
+        chosen = jax.tree_util.tree_map(lambda a: a[routing.experts.reshape(-1)], experts)  # [N*k, ...] per array
+        out = eqx.filter_vmap(lambda expert, row: expert(row)[0])(chosen, jnp.repeat(x, k, axis=0))
+        return _combine(out.reshape(n, k, -1), routing.gates), jnp.ones((n, k), bool)
     flat = routing.experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     group_sizes = jnp.bincount(flat, length=num_experts)

@@ -58,32 +58,44 @@ class CacheLayout:
 
 
 class KVCache(eqx.Module):
-    """Keys (rotated, when the model uses RoPE) and values of one attention layer, with their positions."""
+    """Keys (rotated, when the model uses RoPE) and values of one attention layer, with their positions.
 
-    # heads before slots: the layout the attention contractions read without transposing the cache
-    k: Float[Array, "B G S hd"]
-    v: Float[Array, "B G S hd"]
-    positions: Int[Array, "B S"]
+    Laid out as XLA:CPU's dot wants its operands, so neither contraction of a decoding step copies the
+    cache first: keys as ``[B, G, S, hd]``, values as ``[B, G, hd, S]``. One slot
+    past the layout's takes the writes of padding tokens, so every write is in bounds (no masked
+    scatter, which would copy the cache); its position stays -1, so no query ever sees it.
+    """
+
+    k: Float[Array, "B G S1 hd"]
+    v: Float[Array, "B G hd S1"]
+    positions: Int[Array, "B S1"]
     layout: CacheLayout = eqx.field(static=True)
 
     @classmethod
     def empty(cls, batch: int, layout: CacheLayout, n_kv_heads: int, head_dim: int, dtype) -> KVCache:
-        shape = (batch, n_kv_heads, layout.size, head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, layout.size), -1, jnp.int32),
-                   layout)
+        slots = layout.size + 1
+        return cls(jnp.zeros((batch, n_kv_heads, slots, head_dim), dtype),
+                   jnp.zeros((batch, n_kv_heads, head_dim, slots), dtype),
+                   jnp.full((batch, slots), -1, jnp.int32), layout)
 
     def write(self, k: Float[Array, "B C G hd"], v: Float[Array, "B C G hd"], positions: Int[Array, "B C"]) -> KVCache:
-        """The cache after a chunk: tokens at ``positions`` (-1: padding, not written) enter their slots.
+        """The cache after a chunk: tokens at ``positions`` (-1: padding, not kept) enter their slots.
 
-        Only the chunk's last ``window`` non-sink tokens are written, so no two writes share a slot and
+        Only the chunk's last ``window`` non-sink tokens are kept, so no two of them share a slot and
         padding never evicts a key that later queries still see.
         """
         layout = self.layout
         latest = positions.max(axis=1, keepdims=True)
         kept = (positions >= 0) & ((positions < layout.sinks) | (positions > latest - layout.window))
-        slots = jnp.where(kept, layout.slots(positions), layout.size)  # out of range: dropped
+        slots = jnp.where(kept, layout.slots(positions), layout.size)  # the spare slot
         rows = jnp.arange(positions.shape[0])[:, None]
-        # [rows, :, slots] indexes [B, C, G, hd]: the chunk's own layout
-        return KVCache(self.k.at[rows, :, slots].set(k.astype(self.k.dtype), mode="drop"),
-                       self.v.at[rows, :, slots].set(v.astype(self.v.dtype), mode="drop"),
-                       self.positions.at[rows, slots].set(positions, mode="drop"), layout)
+        # [rows, :, slots] and [rows, :, :, slots] both index [B, C, G, hd]: the chunk's own layout
+        return KVCache(self.k.at[rows, :, slots].set(k.astype(self.k.dtype), mode="promise_in_bounds"),
+                       self.v.at[rows, :, :, slots].set(v.astype(self.v.dtype), mode="promise_in_bounds"),
+                       self.positions.at[rows, slots].set(jnp.where(kept, positions, -1), mode="promise_in_bounds"),
+                       layout)
+
+    def chunk_block(self, k: Float[Array, "B C G hd"],
+                    v: Float[Array, "B C G hd"]) -> tuple[Float[Array, "B G C hd"], Float[Array, "B G hd C"]]:
+        """A chunk's own keys and values in the cache's layout (attended beside the cache, not copied into it)."""
+        return k.swapaxes(1, 2).astype(self.k.dtype), v.transpose(0, 2, 3, 1).astype(self.v.dtype)
