@@ -386,6 +386,9 @@ BENCHES = {"inference": inference}  # the first word of the command line picks o
 
 
 def main(argv: Sequence[str]) -> dict:
-    if not argv or argv[0] not in BENCHES:
+    if not argv or argv[0] in ("-h", "--help"):  # each bench's own flags: chimera-bench NAME --help
+        print(__doc__)
+        return {}
+    if argv[0] not in BENCHES:
         raise ConfigError(f"which bench? The first argument is one of: {', '.join(BENCHES)} (got {' '.join(argv)!r})")
     return BENCHES[argv[0]](argv[1:])

@@ -77,7 +77,10 @@ class Generator:
         # One block per layer with its own arrays: a step reads each layer's weights in place, where a scan
         # over stacked layers copies them out first (and a time-indexed stack would re-gate them per token).
         self.model, self.tokenizer, self.layout = model, tokenizer, layout
-        self.params, self.static = eqx.partition(model.with_layer_list(), eqx.is_array)
+        params, self.static = eqx.partition(model.with_layer_list(), eqx.is_array)
+        # Compiled steps take flat lists of arrays: flattening the modules on every call costs more, at
+        # this size, than the step itself.
+        self.params, self.param_def = jax.tree_util.tree_flatten(params)
         self.max_positions = model.pos_embed.shape[0] if model.positions == "learned" else None
         self._compiled: dict[tuple, Callable] = {}
         self.compile_s = 0.0
@@ -118,45 +121,62 @@ class Generator:
             self.compile_s += time.perf_counter() - start
         return self._compiled[name]
 
-    def _model(self, params) -> Decoder:
-        return eqx.combine(params, self.static)
+    def _model(self, params: list) -> Decoder:
+        return eqx.combine(jax.tree_util.tree_unflatten(self.param_def, params), self.static)
 
     def _cached_fns(self, batch: int, width: int, layout: CacheLayout, sampling: Sampling):
-        """``(prefill, sample, step)`` for ``batch`` prompts padded to ``width`` and a cache of ``layout``."""
-        def prefill(params, tokens, positions):
+        """``(prefill, sample, step)`` for ``batch`` prompts padded to ``width`` and a cache of ``layout``.
+
+        ``step(params, key, carry) -> (token, carry)`` with ``carry = (token, state leaves, position, index)``:
+        all on the device, so a step sends nothing from the host. The carry is donated, the token returned
+        beside it is not, so the host may read it later.
+        """
+        def prefilled(params, tokens, positions):
             model = self._model(params)
             logits, state = model.extend(tokens, model.init_state(batch, layout), positions)
             last = jnp.maximum((positions >= 0).sum(axis=1) - 1, 0)
             return logits[jnp.arange(batch), last], state
 
+        ints = jax.ShapeDtypeStruct((batch, width), jnp.int32)
+        logits, state = jax.eval_shape(prefilled, self.params, ints, ints)
+        state_def = jax.tree_util.tree_structure(state)
+
+        def prefill(params, tokens, positions):
+            last, state = prefilled(params, tokens, positions)
+            return last, jax.tree_util.tree_leaves(state)
+
         def sample(logits, key, index):
             return next_tokens(logits, jax.random.fold_in(key, index), sampling)
 
-        def step(params, state, token, position, key, index):
+        def step(params, key, carry):
+            token, state, position, index = carry
+            state = jax.tree_util.tree_unflatten(state_def, state)
             logits, state = self._model(params).extend(token[:, None], state, position[:, None])
-            return next_tokens(logits[:, 0], jax.random.fold_in(key, index), sampling), state
+            token = next_tokens(logits[:, 0], jax.random.fold_in(key, index), sampling)
+            return token, (token, jax.tree_util.tree_leaves(state), position + 1, index + 1)
 
-        ints = jax.ShapeDtypeStruct((batch, width), jnp.int32)
-        row = jax.ShapeDtypeStruct((batch,), jnp.int32)
-        key, index = jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32)
-        logits, state = jax.eval_shape(prefill, self.params, ints, ints)
+        row, key, index = (jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.uint32),
+                           jax.ShapeDtypeStruct((), jnp.int32))
+        carry = (row, jax.tree_util.tree_leaves(state), row, index)
         return (self._compile(("prefill", batch, width, layout), prefill, self.params, ints, ints),
                 self._compile(("sample", batch, sampling), sample, logits, key, index),
-                # the state is donated: the cache is updated in place, not copied every token
-                self._compile(("step", batch, layout, sampling), step, self.params, state, row, row, key, index,
-                              donate=(1,)))
+                # the carry is donated: the cache is updated in place, not copied every token
+                self._compile(("step", batch, layout, sampling), step, self.params, key, carry, donate=(2,)))
 
     def _recompute_fn(self, batch: int, span: int, sampling: Sampling):
-        """One token for every row by re-running the whole buffer ``[batch, span]``."""
-        def recompute(params, buffer, current, key, index):
+        """``(params, key, carry) -> (token, carry)`` with ``carry = (token, buffer [batch, span], current,
+        index)``: one token for every row by re-running the whole buffer."""
+        def recompute(params, key, carry):
+            _, buffer, current, index = carry
             logits, _ = self._model(params)(buffer, inference=True)
             rows = jnp.arange(batch)
             token = next_tokens(logits[rows, current - 1], jax.random.fold_in(key, index), sampling)
-            return token, buffer.at[rows, current].set(token, mode="drop")
+            return token, (token, buffer.at[rows, current].set(token, mode="drop"), current + 1, index + 1)
 
+        row = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        carry = (row, jax.ShapeDtypeStruct((batch, span), jnp.int32), row, jax.ShapeDtypeStruct((), jnp.int32))
         return self._compile(("recompute", batch, span, sampling), recompute, self.params,
-                             jax.ShapeDtypeStruct((batch, span), jnp.int32), jax.ShapeDtypeStruct((batch,), jnp.int32),
-                             jax.ShapeDtypeStruct((2,), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32), donate=(1,))
+                             jax.ShapeDtypeStruct((2,), jnp.uint32), carry, donate=(2,))
 
     # ---- generation ----
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, sampling: Sampling = GREEDY, *,
@@ -186,31 +206,24 @@ class Generator:
             last, state = prefill(self.params, tokens, positions)
             jax.block_until_ready(state)
             prefill_s = time.perf_counter() - start
-            token = sample(last, key, jnp.int32(0))
-            position = jnp.asarray(lengths, jnp.int32)
-
-            def advance(i):
-                nonlocal token, state, position
-                token, state = step(self.params, state, token, position, key, jnp.int32(i))
-                position = position + 1
-                return token
+            token = sample(last, key, np.int32(0))
+            carry = (token, state, jnp.asarray(lengths, jnp.int32), jnp.ones((), jnp.int32))
         else:
             span = width + max_new_tokens
             if self.max_positions is not None:
                 span = min(span, self.max_positions)
-            recompute = self._recompute_fn(batch, span, sampling)
-            buffer = jnp.asarray(np.pad(tokens, ((0, 0), (0, span - width))))
-            current = jnp.asarray(lengths, jnp.int32)
+            step = self._recompute_fn(batch, span, sampling)
+            buffer = np.pad(tokens, ((0, 0), (0, span - width)))
             start = time.perf_counter()
-            token, buffer = recompute(self.params, buffer, current, key, jnp.int32(0))
+            token, carry = step(self.params, key,
+                                (np.zeros(batch, np.int32), buffer, lengths.astype(np.int32), np.int32(0)))
             jax.block_until_ready(token)
             prefill_s = time.perf_counter() - start
 
-            def advance(i):
-                nonlocal token, buffer, current
-                current = current + 1
-                token, buffer = recompute(self.params, buffer, current, key, jnp.int32(i))
-                return token
+        def advance():
+            nonlocal carry
+            token, carry = step(self.params, key, carry)
+            return token
 
         rows.add(np.asarray(token))
         first_token_s = time.perf_counter() - start
@@ -218,9 +231,9 @@ class Generator:
         while steps + 1 < max_new_tokens and not rows.all_done:
             steps += 1
             if rows.watching:  # EOS, a stop text or the stream needs each token on the host as it comes
-                rows.add(np.asarray(advance(steps)))
+                rows.add(np.asarray(advance()))
             else:  # else the steps run ahead of the host, which reads them all at the end
-                queued.append(advance(steps))
+                queued.append(advance())
         for new in jax.device_get(queued):
             rows.add(new)
         decode_s = time.perf_counter() - start - first_token_s
