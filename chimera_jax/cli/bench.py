@@ -275,7 +275,7 @@ def inference(argv: Sequence[str]) -> dict:
         longest = max(contexts[-1], *(max(map(len, tokenizer.encode_batch(s.prompts))) for s in cases))
         hf_model = to_hf(generators["dense"].model, configs["dense"].model, n_positions=longest + 64)
         torch = torch_rows(hf_model.to(torch_device), tokenizer, cases, args.batches, repeats, rows)
-    sweep_tokens = cases[-1].new_tokens
+    sweep_tokens = 4 * cases[-1].new_tokens  # more tokens per point than the table: a steadier ms/token
     sweep = context_sweep(generators, contexts, sweep_tokens, repeats)
 
     memory, memory_kind = peak_memory("jax")
