@@ -287,9 +287,8 @@ class _Rows:
         self.texts[b] = text
 
     def finish(self) -> None:
-        for b in range(len(self.tokens)):
-            if not self.stop:  # with stop texts every row's text is already current (and maybe cut)
-                self.texts[b] = self.tokenizer.decode(self.tokens[b])
+        if not self.stop:  # with stop texts every row's text is already current (and maybe cut)
+            self.texts = [self.tokenizer.decode(tokens) for tokens in self.tokens]
         self._stream(final=True)
 
     def _stream(self, final: bool) -> None:

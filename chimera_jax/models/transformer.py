@@ -66,6 +66,15 @@ class Block(eqx.Module):
             return x + h, state
 
 
+def extend_blocks(blocks, x: Array, states: tuple[Any, ...], positions: Int[Array, "B C"]) -> tuple[Array, tuple]:
+    """``blocks`` one after another over new tokens, each carrying its own state on."""
+    new = []
+    for block, state in zip(blocks, states, strict=True):
+        x, state = block.extend(x, state, positions)
+        new.append(state)
+    return x, tuple(new)
+
+
 def stacked_state(block: Block, copies: int, batch: int, layout: Any, dtype) -> Any:
     """``copies`` empty mixer states on a leading layer axis (``block`` may itself be stacked)."""
     state = block.mixer.init_state(batch, layout, dtype)
@@ -97,11 +106,14 @@ class ScannedStack(eqx.Module):
 
     @property
     def n_layers(self) -> int:
-        return len(self.groups) * jax.tree_util.tree_leaves(self.groups[0])[0].shape[0]
+        return len(self.groups) * self.n_groups
+
+    @property
+    def n_groups(self) -> int:
+        return jax.tree_util.tree_leaves(self.groups[0])[0].shape[0]
 
     def __call__(self, x: Array, ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
         params, static = eqx.partition(self.groups, eqx.is_array)
-        n_groups = jax.tree_util.tree_leaves(params)[0].shape[0]
 
         def step(group_params, h, k):
             aux: dict = {}
@@ -112,29 +124,23 @@ class ScannedStack(eqx.Module):
                 aux.update(block_aux)
             return h, aux
 
-        return scan_layers(step, params, x, n_groups, key, self.unroll)
+        return scan_layers(step, params, x, self.n_groups, key, self.unroll)
 
     def layers(self) -> tuple[Block, ...]:
         """The blocks in order, each with its own arrays."""
         params, static = eqx.partition(self.groups, eqx.is_array)
-        n_groups = jax.tree_util.tree_leaves(params)[0].shape[0]
         return tuple(eqx.combine(jax.tree_util.tree_map(lambda a, i=i: a[i], params[j]), static[j])
-                     for i in range(n_groups) for j in range(len(self.groups)))
+                     for i in range(self.n_groups) for j in range(len(self.groups)))
 
     def init_state(self, batch: int, layout: Any, dtype) -> tuple[Any, ...]:
-        n_groups = jax.tree_util.tree_leaves(self.groups[0])[0].shape[0]
-        return tuple(stacked_state(group, n_groups, batch, layout, dtype) for group in self.groups)
+        return tuple(stacked_state(group, self.n_groups, batch, layout, dtype) for group in self.groups)
 
     def extend(self, x: Array, states: tuple[Any, ...], positions: Int[Array, "B C"]) -> tuple[Array, tuple]:
         params, static = eqx.partition(self.groups, eqx.is_array)
 
         def body(h, xs):
             group_params, group_states = xs
-            new = []
-            for block, state in zip(eqx.combine(group_params, static), group_states, strict=True):
-                h, state = block.extend(h, state, positions)
-                new.append(state)
-            return h, tuple(new)
+            return extend_blocks(eqx.combine(group_params, static), h, group_states, positions)
 
         return jax.lax.scan(body, x, (params, states), unroll=self.unroll)
 
@@ -165,11 +171,7 @@ class LayerList(eqx.Module):
         return tuple(block.mixer.init_state(batch, layout, dtype) for block in self.blocks)
 
     def extend(self, x: Array, states: tuple[Any, ...], positions: Int[Array, "B C"]) -> tuple[Array, tuple]:
-        new = []
-        for block, state in zip(self.blocks, states, strict=True):
-            x, state = block.extend(x, state, positions)
-            new.append(state)
-        return x, tuple(new)
+        return extend_blocks(self.blocks, x, states, positions)
 
 
 class Decoder(eqx.Module):
