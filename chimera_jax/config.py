@@ -87,10 +87,12 @@ class SSMConfig:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     conv_kernel: int = 4  # causal depthwise convolution before the scan (Mamba); 1 = pointwise
-    scan: Literal["associative", "sequential"] = "associative"  # parallel, or the sequential reference
+    # How the recurrence runs (models/ssm.py): auto = chunked on CPU, associative elsewhere. Execution only.
+    scan: Literal["auto", "chunked", "associative", "sequential"] = "auto"
+    chunk: int = 8  # tokens per step of the chunked scan
 
     def __post_init__(self) -> None:
-        _at_least("model.ssm", self, 1, "state_size", "expand", "dt_rank", "conv_kernel")
+        _at_least("model.ssm", self, 1, "state_size", "expand", "dt_rank", "conv_kernel", "chunk")
         _require(0 < self.dt_min <= self.dt_max,
                  f"model.ssm.dt_min={self.dt_min} and model.ssm.dt_max={self.dt_max} must satisfy 0 < dt_min <= dt_max")
 
@@ -139,6 +141,10 @@ class ModelConfig:
     # stacked weights such as MoE experts: docs/moe.md), but compile time grows with depth. Execution
     # only: the parameters are the same, and a checkpoint resumes under any value.
     scan_unroll: int = 1
+    # Gradient checkpointing of each layer-scan step: none keeps every activation for the backward pass;
+    # block keeps only each layer's input and runs the layer again; dots keeps the matmul outputs and
+    # recomputes the elementwise ops. Memory for time; execution only, like scan_unroll.
+    remat: Literal["none", "block", "dots"] = "none"
 
     def __post_init__(self) -> None:
         _at_least("model", self, 1, "vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads",

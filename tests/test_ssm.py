@@ -1,4 +1,5 @@
-"""The selective SSM mixer: the parallel scan against the sequential reference, causality, init, counts."""
+"""The selective SSM mixer: the parallel and chunked scans against the sequential reference, causality, init,
+counts."""
 
 from __future__ import annotations
 
@@ -29,19 +30,34 @@ def scan_inputs(key, B=2, T=9, Di=6, N=4):
     return u, dt, A, jax.random.normal(k[3], (B, T, N)), jax.random.normal(k[4], (B, T, N))
 
 
-def test_scans_agree_in_outputs_and_gradients():
-    args = scan_inputs(jax.random.PRNGKey(0))
+# (method, chunk): the chunk sizes cover a sequence of 9 in whole chunks of 1, with a padded last chunk, and in
+# one chunk longer than the sequence; "auto" is the chunked scan on this CPU, through platform_dependent.
+SCANS = [("associative", 8), ("chunked", 1), ("chunked", 4), ("chunked", 16), ("auto", 4)]
+
+
+@pytest.mark.parametrize(("method", "chunk"), SCANS)
+def test_scans_agree_with_the_sequential_reference_in_outputs_and_all_gradients(method, chunk):
+    u, dt, A, B, C = scan_inputs(jax.random.PRNGKey(0))
+    h0 = jax.random.normal(jax.random.PRNGKey(5), (u.shape[0], *A.shape))
 
     def loss(method, *a):
-        y, _ = selective_scan(*a, method=method)
-        return jnp.sum(jnp.sin(y))  # a non-linear read-out, so every gradient path is exercised
+        y, h_last = selective_scan(*a[:5], method=method, h0=a[5], chunk=chunk)
+        # non-linear read-outs of y and of the last state, so every gradient path is exercised
+        return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(h_last))
 
-    np.testing.assert_allclose(selective_scan(*args, method="associative")[0],
-                               selective_scan(*args, method="sequential")[0], rtol=1e-5, atol=1e-5)
-    g_par = jax.grad(lambda *a: loss("associative", *a), argnums=(0, 1, 2, 3, 4))(*args)
-    g_seq = jax.grad(lambda *a: loss("sequential", *a), argnums=(0, 1, 2, 3, 4))(*args)
-    for a, b in zip(g_par, g_seq, strict=True):
+    args = (u, dt, A, B, C, h0)
+    for got, want in zip(selective_scan(*args[:5], method=method, h0=h0, chunk=chunk),
+                         selective_scan(*args[:5], method="sequential", h0=h0), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda *a: loss(method, *a), argnums=tuple(range(6)))(*args)
+    reference = jax.grad(lambda *a: loss("sequential", *a), argnums=tuple(range(6)))(*args)
+    for a, b in zip(grads, reference, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_scan_is_refused():
+    with pytest.raises(ValueError, match="unknown ssm scan 'parallel'"):
+        selective_scan(*scan_inputs(jax.random.PRNGKey(0)), method="parallel")
 
 
 def test_scan_matches_the_recurrence_written_out():
@@ -54,7 +70,7 @@ def test_scan_matches_the_recurrence_written_out():
     np.testing.assert_allclose(selective_scan(u, dt, A, B, C)[0], jnp.stack(ys, axis=1), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["associative", "sequential"])
+@pytest.mark.parametrize("method", ["associative", "sequential", "chunked"])
 def test_mixer_is_causal(method):
     ssm = SelectiveSSM(D, tiny(scan=method), key=jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 16))
@@ -64,8 +80,9 @@ def test_mixer_is_causal(method):
     assert not np.allclose(a[:, 6:], b[:, 6:])
 
 
-def test_mixer_scans_agree_end_to_end():
-    par = SelectiveSSM(D, tiny(scan="associative"), key=jax.random.PRNGKey(0))
+@pytest.mark.parametrize("method", ["associative", "chunked"])
+def test_mixer_scans_agree_end_to_end(method):
+    par = SelectiveSSM(D, tiny(scan=method, chunk=4), key=jax.random.PRNGKey(0))
     seq = SelectiveSSM(D, tiny(scan="sequential"), key=jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 16))
     np.testing.assert_allclose(par(x), seq(x), rtol=1e-5, atol=1e-6)

@@ -10,9 +10,17 @@ from the input: ``Δ = softplus(w_dt(low-rank part of w_x(u)) + dt_bias)``, ``B,
 Around the scan: in-projection to ``expand * d_model`` channels with a SiLU gate branch, a causal
 depthwise convolution, and an out-projection.
 
-The recurrence is linear in ``h``, so it runs as ``jax.lax.associative_scan`` (O(log T) depth, but it
-materialises ``[B, T, d_inner, N]``); ``lax.scan`` over time is the sequential reference it is tested
-against (``SSMConfig.scan`` selects).
+Three ways to run the recurrence (``SSMConfig.scan``), tested equal in values and gradients:
+- ``sequential``: ``lax.scan`` over time, one token per step: the reference.
+- ``associative``: the recurrence is linear in ``h``, so ``jax.lax.associative_scan`` (O(log T) depth; it
+  materialises ``[B, T, d_inner, N]`` several times over, forward and backward): the parallel form for
+  accelerators.
+- ``chunked``: ``lax.scan`` over chunks of ``chunk`` tokens carrying ``h``; within a chunk the discretised
+  inputs are made together and the steps unrolled, and the backward pass recomputes the chunk
+  (``jax.checkpoint``), so only the chunk-boundary states are kept: O(T / chunk) loop steps and no
+  per-token state for the whole sequence.
+``auto`` picks ``chunked`` on CPU and ``associative`` elsewhere, for the default backend (docs/speed.md has
+the measurements).
 
 Arrays are named by the convention of roles.py: the matrices (``w_*``) decay; ``A_log``, ``D``,
 ``dt_bias`` and ``conv_bias`` do not: pulling them to zero would not regularise but move the dynamics
@@ -48,27 +56,67 @@ def _combine(earlier, later):
 
 
 def selective_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T Di"], A: Float[Array, "Di N"],
-                   B: Float[Array, "B T N"], C: Float[Array, "B T N"], method: str = "associative",
-                   h0: Float[Array, "B Di N"] | None = None) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
+                   B: Float[Array, "B T N"], C: Float[Array, "B T N"], method: str = "auto",
+                   h0: Float[Array, "B Di N"] | None = None,
+                   chunk: int = 8) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
     """``(y, h_T)``: ``y_k = C_k · h_k`` with ``h_k = Ā_k h_{k-1} + B̄_k u_k`` from ``h_{-1} = h0`` (default 0),
     and the last state, which decoding carries on from (skip term not included)."""
     if h0 is None:
         h0 = jnp.zeros((u.shape[0], *A.shape), u.dtype)
+    args = (u, dt, A, B, C, h0)
+    if method == "auto":
+        # Resolved when tracing, not with lax.platform_dependent: under autodiff that keeps both branches
+        # and their residuals (it made the CPU train step 4x slower).
+        method = "chunked" if jax.default_backend() == "cpu" else "associative"
     if method == "associative":
-        dA, dBu = discretize(dt, A, B, u)
-        dBu = dBu.at[:, 0].add(dA[:, 0] * h0)  # the first step starts from h0
-        _, h = jax.lax.associative_scan(_combine, (dA, dBu), axis=1)
-        return jnp.einsum("btdn,btn->btd", h, C), h[:, -1]
+        return associative_scan(*args)
     if method == "sequential":
-        def step(h, xs):
-            dt_k, B_k, C_k, u_k = xs
-            dA, dBu = discretize(dt_k, A, B_k, u_k)
-            h = dA * h + dBu
-            return h, jnp.einsum("bdn,bn->bd", h, C_k)
+        return sequential_scan(*args)
+    if method == "chunked":
+        return chunked_scan(*args, chunk=chunk)
+    raise ValueError(f"unknown ssm scan {method!r}: expected 'auto', 'chunked', 'associative' or 'sequential'")
 
-        h_last, y = jax.lax.scan(step, h0, tuple(a.swapaxes(0, 1) for a in (dt, B, C, u)))
-        return y.swapaxes(0, 1), h_last
-    raise ValueError(f"unknown ssm scan {method!r}: expected 'associative' or 'sequential'")
+
+def associative_scan(u, dt, A, B, C, h0):
+    dA, dBu = discretize(dt, A, B, u)
+    dBu = dBu.at[:, 0].add(dA[:, 0] * h0)  # the first step starts from h0
+    _, h = jax.lax.associative_scan(_combine, (dA, dBu), axis=1)
+    return jnp.einsum("btdn,btn->btd", h, C), h[:, -1]
+
+
+def sequential_scan(u, dt, A, B, C, h0):
+    def step(h, xs):
+        dt_k, B_k, C_k, u_k = xs
+        dA, dBu = discretize(dt_k, A, B_k, u_k)
+        h = dA * h + dBu
+        return h, jnp.einsum("bdn,bn->bd", h, C_k)
+
+    h_last, y = jax.lax.scan(step, h0, tuple(a.swapaxes(0, 1) for a in (dt, B, C, u)))
+    return y.swapaxes(0, 1), h_last
+
+
+def chunked_scan(u, dt, A, B, C, h0, chunk: int):
+    """``lax.scan`` over chunks of ``chunk`` tokens. The sequence is padded to whole chunks with Δ = 0
+    (Ā = 1, B̄u = 0): steps that leave the state as it is."""
+    batch, T = u.shape[:2]
+    size = min(chunk, T)
+    n = -(-T // size)
+
+    def chunks(a: Array) -> Array:  # [B, T, ...] -> [n, B, size, ...]
+        a = jnp.pad(a, [(0, 0), (0, n * size - T)] + [(0, 0)] * (a.ndim - 2))
+        return a.reshape(batch, n, size, *a.shape[2:]).swapaxes(0, 1)
+
+    def run(h, xs):
+        u_c, dt_c, B_c, C_c = xs
+        dA, dBu = discretize(dt_c, A, B_c, u_c)
+        ys = []
+        for k in range(size):
+            h = dA[:, k] * h + dBu[:, k]
+            ys.append(jnp.einsum("bdn,bn->bd", h, C_c[:, k]))
+        return h, jnp.stack(ys, axis=1)
+
+    h, y = jax.lax.scan(jax.checkpoint(run), h0, tuple(map(chunks, (u, dt, B, C))))
+    return y.swapaxes(0, 1).reshape(batch, n * size, -1)[:, :T], h
 
 
 def causal_conv(u: Float[Array, "B T Di"], w: Float[Array, "K Di"], b: Float[Array, " Di"],
@@ -107,11 +155,12 @@ class SelectiveSSM(eqx.Module):
     w_out: Linear  # d_inner -> d_model
     dt_rank: int = eqx.field(static=True)
     scan: str = eqx.field(static=True)
+    chunk: int = eqx.field(static=True)
 
     def __init__(self, d_model: int, ssm: SSMConfig, *, key: PRNGKeyArray, out_std: float = INIT_STD):
         d_inner, N, K = ssm.expand * d_model, ssm.state_size, ssm.conv_kernel
         self.dt_rank = ssm.dt_rank or math.ceil(d_model / 16)
-        self.scan = ssm.scan
+        self.scan, self.chunk = ssm.scan, ssm.chunk
         k_in, k_conv, k_x, k_dt, k_dt_init, k_out = jax.random.split(key, 6)
         # Mamba's choices: no projection biases, PyTorch's default conv init, dt_proj at scale dt_rank^-1/2.
         self.w_in = Linear(d_model, 2 * d_inner, key=k_in, bias=False)
@@ -157,7 +206,7 @@ class SelectiveSSM(eqx.Module):
         del key_mask, key, inference
         with jax.named_scope("ssm"):
             _, u, z, dt, B, C = self._selective(x)
-            y, _ = selective_scan(u, dt, self.A, B, C, self.scan)
+            y, _ = selective_scan(u, dt, self.A, B, C, self.scan, chunk=self.chunk)
             return self._output(x, u, z, y)
 
     def init_state(self, batch: int, layout: object, dtype) -> SSMState:
@@ -174,7 +223,8 @@ class SelectiveSSM(eqx.Module):
         with jax.named_scope("ssm"):
             real = positions >= 0
             u_in, u, z, dt, B, C = self._selective(x, state.conv)
-            y, h = selective_scan(u, jnp.where(real[..., None], dt, 0.0), self.A, B, C, self.scan, state.h)
+            y, h = selective_scan(u, jnp.where(real[..., None], dt, 0.0), self.A, B, C, self.scan, state.h,
+                                  self.chunk)
             inputs = jnp.concatenate([state.conv, u_in.astype(state.conv.dtype)], axis=1)
             K1 = state.conv.shape[1]
             window = real.sum(axis=1)[:, None] + jnp.arange(K1)  # the K - 1 inputs up to the last real one
