@@ -84,10 +84,12 @@ def test_model_config_mismatch_is_named(two_checkpoints):
         Checkpointer(cfg.run_dir).restore(skeleton, other)
 
 
-def test_scan_unroll_is_not_a_model_mismatch(two_checkpoints):
-    """Unrolling the layer scan changes execution only: the checkpoint restores and gives the same logits."""
+def test_execution_options_are_not_a_model_mismatch(two_checkpoints):
+    """Unrolling or rematerialising the layer scan changes execution only: the checkpoint restores and gives
+    the same logits."""
     cfg, skeleton = _skeleton(two_checkpoints)
-    unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=cfg.model.n_layers))
+    unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=cfg.model.n_layers,
+                                                                  remat="block"))
     _, unrolled_skeleton = _skeleton(unrolled)
     state, meta = Checkpointer(cfg.run_dir).restore(unrolled_skeleton, unrolled)
     reference, _ = Checkpointer(cfg.run_dir).restore(skeleton, cfg)

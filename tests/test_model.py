@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import ModelConfig, MoEConfig, TimeConfig
+from chimera_jax.config import ModelConfig, MoEConfig, SSMConfig, TimeConfig
 from chimera_jax.models.attention import Attention, fused_attention, reference_attention
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import param_report
@@ -103,26 +103,34 @@ def test_scan_equals_unrolled_layers():
     np.testing.assert_allclose(scanned, h, atol=1e-5)
 
 
-UNROLL_CASES = {  # (model overrides, scan_unroll) on 4 layers: a partial and a full unroll, MoE every 2nd, TI
-    "dense_2": (dict(), 2), "dense_4": (dict(), 4),
-    "moe_every_2": (dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)), 4),
-    "ti_mlp": (dict(time=TimeConfig(enabled=True)), 4),
+EXECUTION_CASES = {  # (model overrides, execution-only overrides) on 4 layers, trained with dropout
+    "dense_unroll_2": (dict(), dict(scan_unroll=2)), "dense_unroll_4": (dict(), dict(scan_unroll=4)),
+    "moe_every_2_unroll": (dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
+                           dict(scan_unroll=4)),
+    "ti_mlp_unroll": (dict(time=TimeConfig(enabled=True)), dict(scan_unroll=4)),
+    "dense_remat_block": (dict(), dict(remat="block")), "dense_remat_dots": (dict(), dict(remat="dots")),
+    "moe_remat_block": (dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
+                        dict(remat="block")),
+    "ti_ssm_remat_dots": (dict(mixer="ssm", positions="none", time=TimeConfig(enabled=True)), dict(remat="dots")),
+    "ssm_scan_chunked": (dict(mixer="ssm", positions="none", ssm=SSMConfig(scan="sequential")),
+                         dict(ssm=SSMConfig(scan="chunked", chunk=5))),
 }
 
 
-@pytest.mark.parametrize("kw, unroll", UNROLL_CASES.values(), ids=UNROLL_CASES.keys())
-def test_scan_unroll_changes_nothing_but_speed(kw, unroll):
-    """Logits and the gradients of every parameter agree with the one-layer-per-step scan (4 layers)."""
-    base = tiny(**{"n_layers": 4, **kw})
+@pytest.mark.parametrize("kw, execution", EXECUTION_CASES.values(), ids=EXECUTION_CASES.keys())
+def test_execution_options_change_nothing_but_speed(kw, execution):
+    """The training loss (dropout on, same key) and the gradients of every parameter agree with the
+    one-layer-per-step scan without rematerialisation (4 layers)."""
+    base = tiny(**{"n_layers": 4, "dropout": 0.1, **kw})
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 61)
 
     def run(cfg):
         model = build_model(cfg, jax.random.PRNGKey(0))
-        loss = lambda m: jnp.mean(m(tokens, inference=True)[0] ** 2)  # noqa: E731
-        return model(tokens, inference=True)[0], eqx.filter_grad(loss)(model)
+        loss = lambda m: jnp.mean(m(tokens, key=jax.random.PRNGKey(2))[0] ** 2)  # noqa: E731
+        return eqx.filter_jit(eqx.filter_value_and_grad(loss))(model)
 
-    (logits, grads), (ref_logits, ref_grads) = run(dataclasses.replace(base, scan_unroll=unroll)), run(base)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    (loss, grads), (ref_loss, ref_grads) = run(dataclasses.replace(base, **execution)), run(base)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     for g, ref in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, ref, atol=1e-6, rtol=1e-4)
 

@@ -57,7 +57,8 @@ def make_block(cfg: ModelConfig, key: PRNGKeyArray, moe: bool = False) -> Block:
 
 def make_stack(cfg: ModelConfig, key: PRNGKeyArray) -> ScannedStack | TimeIndexedStack:
     if cfg.time.enabled:
-        return TimeIndexedStack(lambda k: make_block(cfg, k), cfg.n_layers, cfg.time, key=key, unroll=cfg.scan_unroll)
+        return TimeIndexedStack(lambda k: make_block(cfg, k), cfg.n_layers, cfg.time, key=key, unroll=cfg.scan_unroll,
+                                remat=cfg.remat)
     every = cfg.moe.every if cfg.moe.enabled else 1
     if every < 1 or cfg.n_layers % every:  # else the stack would silently lose layers
         raise ValueError(f"moe.every={every} must be >= 1 and divide n_layers={cfg.n_layers}")
@@ -67,7 +68,7 @@ def make_stack(cfg: ModelConfig, key: PRNGKeyArray) -> ScannedStack | TimeIndexe
         eqx.filter_vmap(lambda k, j=j: make_block(cfg, k, moe=cfg.moe.enabled and j == every - 1))(keys[j])
         for j in range(every)
     )
-    return ScannedStack(groups, unroll=max(1, cfg.scan_unroll // every))
+    return ScannedStack(groups, unroll=max(1, cfg.scan_unroll // every), remat=cfg.remat)
 
 
 def build_model(cfg: ModelConfig, key: PRNGKeyArray) -> Decoder:

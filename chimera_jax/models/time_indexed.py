@@ -167,9 +167,10 @@ class TimeIndexedStack(eqx.Module):
     modulation: TimeModulation
     depth: int
     unroll: int = eqx.field(static=True)
+    remat: str = eqx.field(static=True)
 
     def __init__(self, make_block: Callable[[PRNGKeyArray], Block], n_layers: int, time: TimeConfig, *,
-                 key: PRNGKeyArray, unroll: int = 1):
+                 key: PRNGKeyArray, unroll: int = 1, remat: str = "none"):
         """``make_block(key)`` builds the shared block as a dense stack would build one layer."""
         if not 0.0 < time.gate_init < 1.0:
             raise ValueError(f"time.gate_init must lie in (0, 1), got {time.gate_init}")
@@ -180,6 +181,7 @@ class TimeIndexedStack(eqx.Module):
         self.modulation = TimeModulation(specs, time, key=k_mod)
         self.depth = n_layers
         self.unroll = unroll
+        self.remat = remat
 
     def times(self) -> Float[Array, " L"]:
         return (jnp.arange(self.depth, dtype=jnp.float32) + 1.0) / self.depth
@@ -192,7 +194,7 @@ class TimeIndexedStack(eqx.Module):
 
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
         return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key,
-                           self.unroll)
+                           self.unroll, self.remat)
 
     def layers(self) -> tuple[Block, ...]:
         """The shared block gated at each depth's t, as ``depth`` blocks of their own."""

@@ -81,16 +81,27 @@ def stacked_state(block: Block, copies: int, batch: int, layout: Any, dtype) -> 
     return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (copies, *a.shape)), state)
 
 
+# model.remat: what the backward pass of each layer-scan step keeps, and recomputes the rest of.
+REMAT_POLICIES = {
+    "block": None,  # only the layer's input: the whole block runs again
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # the matmul outputs: only the elementwise ops run again
+}
+
+
 def scan_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, dict]], stacked: Any,
-                x: Array, n: int, key: PRNGKeyArray | None, unroll: int = 1) -> tuple[Array, dict]:
+                x: Array, n: int, key: PRNGKeyArray | None, unroll: int = 1,
+                remat: str = "none") -> tuple[Array, dict]:
     """Run ``step(layer_params, x, key)`` over a leading layer axis with ``jax.lax.scan``, ``unroll``
-    layers per loop step (``ModelConfig.scan_unroll``)."""
+    layers per loop step (``ModelConfig.scan_unroll``), rematerialised as ``remat`` says (``ModelConfig.remat``)."""
     keys = jax.random.split(key, n) if key is not None else None
 
     def body(h, xs):
         params, k = xs
         return step(params, h, k)
 
+    if remat != "none":
+        # prevent_cse=False: inside a scan the recomputation cannot be merged with the forward pass anyway
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
     return jax.lax.scan(body, x, (stacked, keys), unroll=max(1, min(unroll, n)))
 
 
@@ -103,6 +114,7 @@ class ScannedStack(eqx.Module):
 
     groups: tuple[Block, ...]
     unroll: int = eqx.field(static=True, default=1)
+    remat: str = eqx.field(static=True, default="none")
 
     @property
     def n_layers(self) -> int:
@@ -124,7 +136,7 @@ class ScannedStack(eqx.Module):
                 aux.update(block_aux)
             return h, aux
 
-        return scan_layers(step, params, x, self.n_groups, key, self.unroll)
+        return scan_layers(step, params, x, self.n_groups, key, self.unroll, self.remat)
 
     def layers(self) -> tuple[Block, ...]:
         """The blocks in order, each with its own arrays."""

@@ -121,7 +121,7 @@ class Checkpointer:
 
 
 # Model fields that change how the model runs, not what it computes or which parameters it has.
-EXECUTION_ONLY = frozenset({"scan_unroll"})
+EXECUTION_ONLY = frozenset({"scan_unroll", "remat", "ssm.scan", "ssm.chunk"})
 
 
 def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> None:
