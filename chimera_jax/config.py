@@ -89,10 +89,14 @@ class SSMConfig:
     conv_kernel: int = 4  # causal depthwise convolution before the scan (Mamba); 1 = pointwise
     # How the recurrence runs (models/ssm.py): auto = chunked on CPU, associative elsewhere. Execution only.
     scan: Literal["auto", "chunked", "associative", "sequential"] = "auto"
-    chunk: int = 8  # tokens per step of the chunked scan
+    chunk: int | None = None  # tokens per step of the chunked scan; None: 8 for mamba, 32 for ssd (docs/speed.md)
+    # mamba: Δ and A per channel (Mamba-1's diagonal scan); ssd: per head of head_dim channels (Mamba-2), whose
+    # scan runs as matmuls. A different model, not an execution choice.
+    kind: Literal["mamba", "ssd"] = "mamba"
+    head_dim: int = 64  # channels per head, for kind ssd
 
     def __post_init__(self) -> None:
-        _at_least("model.ssm", self, 1, "state_size", "expand", "dt_rank", "conv_kernel", "chunk")
+        _at_least("model.ssm", self, 1, "state_size", "expand", "dt_rank", "conv_kernel", "chunk", "head_dim")
         _require(0 < self.dt_min <= self.dt_max,
                  f"model.ssm.dt_min={self.dt_min} and model.ssm.dt_max={self.dt_max} must satisfy 0 < dt_min <= dt_max")
 
@@ -160,6 +164,10 @@ class ModelConfig:
                  f"model.n_heads={self.n_heads} = {head_dim}")
         _require(self.mixer != "ssm" or self.positions != "rope",
                  "model.mixer=ssm cannot use model.positions=rope: rotary positions belong to attention")
+        d_inner = self.ssm.expand * self.d_model
+        _require(self.mixer != "ssm" or self.ssm.kind != "ssd" or d_inner % self.ssm.head_dim == 0,
+                 f"model.ssm.kind=ssd needs model.ssm.head_dim={self.ssm.head_dim} to divide the SSM's width "
+                 f"model.ssm.expand * model.d_model = {d_inner}")
         _require(self.mixer != "ssm" or not self.attention_sinks,
                  "model.attention_sinks needs model.mixer=attention: an SSM has no softmax to add a sink to")
         _in_range("model", self, "dropout", 0, 1)

@@ -32,6 +32,8 @@ FAMILIES = {
     "ti_mlp": dataclasses.replace(BASE, time=TimeConfig(enabled=True)),
     "ti_ssm": dataclasses.replace(BASE, mixer="ssm", positions="none", time=TimeConfig(enabled=True)),
     "ssm_sequential": dataclasses.replace(BASE, mixer="ssm", positions="none", ssm=SSMConfig(scan="sequential")),
+    "ti_ssd": dataclasses.replace(BASE, mixer="ssm", positions="none", time=TimeConfig(enabled=True),
+                                  ssm=SSMConfig(kind="ssd", head_dim=16, chunk=4)),
 }
 
 

@@ -3,6 +3,7 @@ counts."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -11,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import SSMConfig
+from chimera_jax.config import ConfigError, ModelConfig, SSMConfig
+from chimera_jax.models.ssd import diagonal, ssd_scan
 from chimera_jax.models.ssm import SelectiveSSM, selective_scan
 from chimera_jax.train.optimizer import decay_mask
 
@@ -53,6 +55,51 @@ def test_scans_agree_with_the_sequential_reference_in_outputs_and_all_gradients(
     reference = jax.grad(lambda *a: loss("sequential", *a), argnums=tuple(range(6)))(*args)
     for a, b in zip(grads, reference, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_ssd_chunks_of_matmuls_agree_with_the_diagonal_scan_they_are_a_case_of(chunk):
+    """One Δ and A per head of 3 channels, repeated over the head's channels and the state: the sequential
+    diagonal scan is the reference for the values and the gradients of every input, A per head included."""
+    u, _, _, B, C = scan_inputs(jax.random.PRNGKey(0), Di=6)
+    k_dt, k_A, k_h = jax.random.split(jax.random.PRNGKey(3), 3)
+    dt = jax.nn.softplus(jax.random.normal(k_dt, (*u.shape[:2], 2)))
+    A = -jnp.exp(jax.random.normal(k_A, (2,)))
+    h0 = jax.random.normal(k_h, (u.shape[0], 6, B.shape[-1]))
+
+    def loss(run, *a):
+        y, h_last = run(*a)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(h_last))
+
+    def ssd(u, dt, A, B, C, h0):
+        return ssd_scan(u, dt, A, B, C, h0, chunk)
+
+    def reference(u, dt, A, B, C, h0):
+        return selective_scan(u, *diagonal(dt, A, 6, B.shape[-1]), B, C, "sequential", h0)
+
+    args = (u, dt, A, B, C, h0)
+    for got, want in zip(ssd(*args), reference(*args), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda *a: loss(ssd, *a), argnums=tuple(range(6)))(*args)
+    expected = jax.grad(lambda *a: loss(reference, *a), argnums=tuple(range(6)))(*args)
+    for a, b in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_ssd_mixer_runs_as_matmuls_or_as_the_diagonal_scan_alike():
+    cfg = tiny(kind="ssd", head_dim=8, chunk=4)
+    chunked = SelectiveSSM(D, cfg, key=jax.random.PRNGKey(0))
+    sequential = SelectiveSSM(D, dataclasses.replace(cfg, scan="sequential"), key=jax.random.PRNGKey(0))
+    assert chunked.A.shape == (4,) and chunked.dt_bias.shape == (4,)  # 2 * 16 channels in heads of 8
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 10, 16))
+    np.testing.assert_allclose(chunked(x), sequential(x), rtol=1e-5, atol=1e-6)
+    changed = x.at[:, 6].add(1.0)
+    np.testing.assert_array_equal(chunked(x)[:, :6], chunked(changed)[:, :6])
+
+
+def test_ssd_heads_must_divide_the_width():
+    with pytest.raises(ConfigError, match="model.ssm.head_dim=48 to divide the SSM's width"):
+        ModelConfig(d_model=32, mixer="ssm", positions="none", ssm=SSMConfig(kind="ssd", head_dim=48))
 
 
 def test_unknown_scan_is_refused():

@@ -22,6 +22,10 @@ Three ways to run the recurrence (``SSMConfig.scan``), tested equal in values an
 ``auto`` picks ``chunked`` on CPU and ``associative`` elsewhere, for the default backend (docs/speed.md has
 the measurements).
 
+``ssm.kind: ssd`` (a different model, Mamba-2's): one ``Δ`` and one scalar ``A`` per head of ``head_dim``
+channels, so the recurrence runs as chunks of matmuls (ssd.py); its ``A`` starts uniform in [1, 16] per
+head, as Mamba-2's. ``scan: sequential`` or ``associative`` run it as the diagonal scan it is a case of.
+
 Arrays are named by the convention of roles.py: the matrices (``w_*``) decay; ``A_log``, ``D``,
 ``dt_bias`` and ``conv_bias`` do not: pulling them to zero would not regularise but move the dynamics
 somewhere arbitrary (every A to -1, no skip, every Δ to softplus(0) = 0.69).
@@ -38,6 +42,10 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from chimera_jax.config import SSMConfig
 from chimera_jax.models.layers import INIT_STD, Linear
+from chimera_jax.models.ssd import diagonal, ssd_scan
+
+# Tokens per step of the chunked scans, the fastest of 8 / 16 / 32 / 64 in the train step on CPU (docs/speed.md).
+CHUNK = {"mamba": 8, "ssd": 32}
 
 
 def discretize(dt: Float[Array, "... Di"], A: Float[Array, "Di N"], B: Float[Array, "... N"],
@@ -148,36 +156,52 @@ class SelectiveSSM(eqx.Module):
     w_conv: Float[Array, "K Di"]
     conv_bias: Float[Array, " Di"]
     w_x: Linear  # d_inner -> dt_rank + 2 N: the low-rank Δ input, B and C
-    w_dt: Linear  # dt_rank -> d_inner
-    dt_bias: Float[Array, " Di"]
-    A_log: Float[Array, "Di N"]
+    w_dt: Linear  # dt_rank -> d_inner (mamba) or heads (ssd)
+    dt_bias: Float[Array, " Di"] | Float[Array, " H"]
+    A_log: Float[Array, "Di N"] | Float[Array, " H"]
     D: Float[Array, " Di"]
     w_out: Linear  # d_inner -> d_model
     dt_rank: int = eqx.field(static=True)
+    state_size: int = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
     scan: str = eqx.field(static=True)
     chunk: int = eqx.field(static=True)
 
     def __init__(self, d_model: int, ssm: SSMConfig, *, key: PRNGKeyArray, out_std: float = INIT_STD):
         d_inner, N, K = ssm.expand * d_model, ssm.state_size, ssm.conv_kernel
         self.dt_rank = ssm.dt_rank or math.ceil(d_model / 16)
-        self.scan, self.chunk = ssm.scan, ssm.chunk
-        k_in, k_conv, k_x, k_dt, k_dt_init, k_out = jax.random.split(key, 6)
+        self.state_size, self.kind, self.scan, self.chunk = N, ssm.kind, ssm.scan, ssm.chunk or CHUNK[ssm.kind]
+        # one Δ and A per channel (mamba) or per head (ssd)
+        dynamics = d_inner if ssm.kind == "mamba" else d_inner // ssm.head_dim
+        k_in, k_conv, k_x, k_dt, k_dt_init, k_out, k_A = jax.random.split(key, 7)
         # Mamba's choices: no projection biases, PyTorch's default conv init, dt_proj at scale dt_rank^-1/2.
         self.w_in = Linear(d_model, 2 * d_inner, key=k_in, bias=False)
         self.w_conv = jax.random.uniform(k_conv, (K, d_inner), minval=-K ** -0.5, maxval=K ** -0.5)
         self.conv_bias = jnp.zeros((d_inner,))
         self.w_x = Linear(d_inner, self.dt_rank + 2 * N, key=k_x, bias=False)
-        self.w_dt = Linear(self.dt_rank, d_inner, key=k_dt, bias=False, std=self.dt_rank ** -0.5)
-        # Δ starts log-uniform in [dt_min, dt_max]: each channel begins with its own memory length.
-        log_dt = jax.random.uniform(k_dt_init, (d_inner,), minval=math.log(ssm.dt_min), maxval=math.log(ssm.dt_max))
+        self.w_dt = Linear(self.dt_rank, dynamics, key=k_dt, bias=False, std=self.dt_rank ** -0.5)
+        # Δ starts log-uniform in [dt_min, dt_max]: each channel (head) begins with its own memory length.
+        log_dt = jax.random.uniform(k_dt_init, (dynamics,), minval=math.log(ssm.dt_min), maxval=math.log(ssm.dt_max))
         self.dt_bias = inverse_softplus(jnp.exp(log_dt))
-        self.A_log = jnp.log(jnp.broadcast_to(jnp.arange(1, N + 1, dtype=jnp.float32), (d_inner, N)))
+        if ssm.kind == "mamba":
+            self.A_log = jnp.log(jnp.broadcast_to(jnp.arange(1, N + 1, dtype=jnp.float32), (d_inner, N)))
+        else:
+            self.A_log = jnp.log(jax.random.uniform(k_A, (dynamics,), minval=1.0, maxval=16.0))
         self.D = jnp.ones((d_inner,))
         self.w_out = Linear(d_inner, d_model, key=k_out, bias=False, std=out_std)
 
     @property
-    def A(self) -> Float[Array, "Di N"]:
+    def A(self) -> Float[Array, "Di N"] | Float[Array, " H"]:
         return -jnp.exp(self.A_log.astype(jnp.float32))
+
+    def _scan(self, u: Float[Array, "B T Di"], dt: Array, B: Float[Array, "B T N"], C: Float[Array, "B T N"],
+              h0: Float[Array, "B Di N"] | None = None) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
+        if self.kind == "mamba":
+            return selective_scan(u, dt, self.A, B, C, self.scan, h0, self.chunk)
+        if self.scan in ("auto", "chunked"):
+            h0 = jnp.zeros((u.shape[0], u.shape[-1], self.state_size), u.dtype) if h0 is None else h0
+            return ssd_scan(u, dt, self.A, B, C, h0, self.chunk)
+        return selective_scan(u, *diagonal(dt, self.A, u.shape[-1], self.state_size), B, C, self.scan, h0)
 
     def _selective(self, x: Float[Array, "B T D"], history: Float[Array, "B history Di"] | None = None):
         """The input-dependent parts: the gate branch z (compute dtype), the convolution's input, and, in
@@ -185,15 +209,16 @@ class SelectiveSSM(eqx.Module):
         f32 = jnp.float32
         u_in, z = jnp.split(self.w_in(x), 2, axis=-1)
         u = jax.nn.silu(causal_conv(u_in, self.w_conv.astype(u_in.dtype), self.conv_bias.astype(u_in.dtype), history))
-        N = self.A_log.shape[1]
+        N = self.state_size
         dt_low, B, C = jnp.split(self.w_x(u), [self.dt_rank, self.dt_rank + N], axis=-1)
         dt = jax.nn.softplus(self.w_dt(dt_low).astype(f32) + self.dt_bias.astype(f32))
         return u_in, u.astype(f32), z, dt, B.astype(f32), C.astype(f32)
 
     def dynamics(self, x: Float[Array, "B T D"]) -> tuple[Float[Array, "B T Di"], Float[Array, "Di N"]]:
-        """``(Δ, A)`` for the (normed) mixer input ``x``: the per-token decay is ``exp(Δ[..., None] * A)``."""
+        """``(Δ, A)`` for the (normed) mixer input ``x``, per channel (an ssd head's repeated over its channels):
+        the per-token decay is ``exp(Δ[..., None] * A)``."""
         dt = self._selective(x)[3]
-        return dt, self.A
+        return (dt, self.A) if self.kind == "mamba" else diagonal(dt, self.A, self.D.shape[0], self.state_size)
 
     def _output(self, x: Array, u: Array, z: Array, y: Array) -> Float[Array, "B T D"]:
         y = y + self.D.astype(jnp.float32) * u
@@ -206,15 +231,15 @@ class SelectiveSSM(eqx.Module):
         del key_mask, key, inference
         with jax.named_scope("ssm"):
             _, u, z, dt, B, C = self._selective(x)
-            y, _ = selective_scan(u, dt, self.A, B, C, self.scan, chunk=self.chunk)
+            y, _ = self._scan(u, dt, B, C)
             return self._output(x, u, z, y)
 
     def init_state(self, batch: int, layout: object, dtype) -> SSMState:
         """The empty state (``layout``, the attention cache's, is ignored: the state does not grow)."""
         del layout
-        d_inner, N = self.A_log.shape[-2:]
+        d_inner = self.D.shape[-1]
         return SSMState(jnp.zeros((batch, self.w_conv.shape[-2] - 1, d_inner), dtype),
-                        jnp.zeros((batch, d_inner, N), jnp.float32))
+                        jnp.zeros((batch, d_inner, self.state_size), jnp.float32))
 
     def extend(self, x: Float[Array, "B C D"], state: SSMState,
                positions: Int[Array, "B C"]) -> tuple[Float[Array, "B C D"], SSMState]:
@@ -223,8 +248,7 @@ class SelectiveSSM(eqx.Module):
         with jax.named_scope("ssm"):
             real = positions >= 0
             u_in, u, z, dt, B, C = self._selective(x, state.conv)
-            y, h = selective_scan(u, jnp.where(real[..., None], dt, 0.0), self.A, B, C, self.scan, state.h,
-                                  self.chunk)
+            y, h = self._scan(u, jnp.where(real[..., None], dt, 0.0), B, C, state.h)
             inputs = jnp.concatenate([state.conv, u_in.astype(state.conv.dtype)], axis=1)
             K1 = state.conv.shape[1]
             window = real.sum(axis=1)[:, None] + jnp.arange(K1)  # the K - 1 inputs up to the last real one

@@ -13,7 +13,7 @@ vocabulary, ``L`` the layers (a time-indexed stack runs its shared block ``L`` t
     ssm         2 d (2 Di)                  in-projection (scanned stream and gate), Di = expand * d
                 + 2 K Di                    causal depthwise convolution of K taps
                 + 2 Di (R + 2 N)            x-projection to Δ's low rank R, B and C (state size N)
-                + 2 R Di                    Δ's up-projection
+                + 2 R Di                    Δ's up-projection (2 R Di / head_dim for kind ssd: one Δ per head)
                 + 6 Di N                    the scan: Δ A and (Δ u) B (1 + 1), h = Ā h + B̄ u (2), y = C·h (2)
                 + 2 Di d                    out-projection
     ffn         2 d f (x2, or x3 for SwiGLU)
@@ -49,7 +49,7 @@ def _mixer(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     s = cfg.ssm
     d_inner, rank = s.expand * d, s.dt_rank or math.ceil(d / 16)
     projections = (2 * d * 2 * d_inner + 2 * s.conv_kernel * d_inner + 2 * d_inner * (rank + 2 * s.state_size)
-                   + 2 * rank * d_inner + 2 * d_inner * d)
+                   + 2 * rank * (d_inner if s.kind == "mamba" else d_inner // s.head_dim) + 2 * d_inner * d)
     return {"ssm_projections": projections, "ssm_scan": 6 * d_inner * s.state_size}
 
 
