@@ -95,6 +95,21 @@ def test_quick_train_bench_writes_every_figure(tmp_path, capsys):
     assert dense["torch_eager_over_jax"] == pytest.approx(dense["torch_eager_ms"] / dense["step_ms"])
     assert standard["torch_params"] - standard["params"] == 32 * 64  # GPT-2's learned positions
     assert ssm["torch_skipped"] == "GPT-2 has no SSM mixer" and "torch_eager_ms" not in ssm
+    assert standard["over_standard"] == 1
+    assert ssm["over_standard"] == pytest.approx(ssm["step_ms"] / standard["step_ms"])
+
+
+def test_scan_bench_times_every_scan_and_each_agrees_with_the_sequential_one(tmp_path):
+    out = tmp_path / "scan.json"
+    result = main(["scan", "--batch", "2", "--seq-len", "12", "--d-inner", "16", "--state", "4", "--head-dim", "4",
+                   "--chunks", "4", "5", "--repeats", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = [(r["kind"], r["method"], r["chunk"]) for r in result["rows"]]
+    assert rows == [("mamba", "sequential", None), ("mamba", "associative", None), ("mamba", "chunked", 4),
+                    ("mamba", "chunked", 5), ("ssd", "sequential", None), ("ssd", "chunked", 4), ("ssd", "chunked", 5)]
+    assert all(r["max_abs_diff"] < 1e-4 and r["fwd_bwd_ms"] > 0 for r in result["rows"])
+    with pytest.raises(ConfigError, match="--head-dim must divide --d-inner"):
+        main(["scan", "--d-inner", "16", "--head-dim", "5"])
 
 
 def test_a_row_is_a_preset_with_overrides_and_bad_ones_are_config_errors():

@@ -6,6 +6,8 @@
     chimera-bench train [--quick] [--presets standard ti_ssm ...] [--repeats N] [--steps N] [--json FILE] ...
         training: compile time, step time, tokens/s, memory, FLOPs and MFU, against GPT2LMHeadModel in torch
         (chimera_jax/cli/bench_train.py)
+    chimera-bench scan [--batch 8 --seq-len 128 --d-inner 512 --state 16] [--chunks 4 8 16 32 64] [--json FILE]
+        the selective scan alone, forward + backward, every way it runs (chimera_jax/cli/bench_scan.py)
     python scripts/bench.py train --quick --json /tmp/train.json   # the same, as a script
 """
 
@@ -15,10 +17,11 @@ import sys
 from collections.abc import Sequence
 
 from chimera_jax.cli.bench_inference import inference
+from chimera_jax.cli.bench_scan import scan
 from chimera_jax.cli.bench_train import train
 from chimera_jax.config import ConfigError
 
-BENCHES = {"inference": inference, "train": train}  # the first word of the command line picks one
+BENCHES = {"inference": inference, "train": train, "scan": scan}  # the first word of the command line picks one
 
 
 def main(argv: Sequence[str]) -> dict:

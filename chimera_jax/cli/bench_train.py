@@ -8,7 +8,9 @@
 
 The default rows:
 - ``standard`` and ``ti_ssm``: the presets as their YAML has them (seed 004: d_model 256, 6 layers, seq 128,
-  batch 8, byte tokenizer);
+  batch 8, byte tokenizer); ``ti_ssm_associative``: ti_ssm with the associative scan (the default before the
+  chunked one); ``ti_ssd``: ti_ssm with the SSM of kind ssd (one Δ and A per head, its scan as matmuls);
+  ``x standard``: a row's step time over the ``standard`` row's, when it runs;
 - ``standard_bpe``: ``standard`` with GPT-2's BPE vocabulary padded to 50,304 (nanoGPT's multiple of 64);
 - ``dense_d512``: seed 000's dense shape, configs/dwr_moe.yaml without its experts: d_model 512, 6 layers,
   8 heads, d_ff 2048, seq 512, batch 8, vocabulary 50,304, learned positions, biases, with GPT-2's tied
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 ROWS = {
     "standard": ("standard", ()),
     "ti_ssm": ("ti_ssm", ()),
+    "ti_ssm_associative": ("ti_ssm", ("model.ssm.scan=associative",)),
+    "ti_ssd": ("ti_ssm", ("model.ssm.kind=ssd",)),
     "standard_bpe": ("standard", ("data.tokenizer=gpt2", "model.vocab_size=50304")),
     "dense_d512": ("dwr_moe", ("model.moe.enabled=false", "model.tie_embeddings=true", "train.precision=f32")),
 }
@@ -318,6 +322,9 @@ def train(argv: Sequence[str]) -> dict:
             compiled = row["torch_compile_ms"]
             row["torch_compile_over_jax"] = None if compiled is None else compiled / row["step_ms"]
         rows.append(row)
+    standard = next((r["step_ms"] for r in rows if r["preset"] == "standard"), None)
+    for row in rows:
+        row["over_standard"] = None if standard is None else row["step_ms"] / standard
     result["rows"] = rows
     result["load_average_end"] = os.getloadavg()[0]
     print(report(result))
@@ -331,9 +338,10 @@ def report(result: dict) -> str:
     h = result["header"]
     na = "n/a"
     table = markdown(
-        ["preset", "params", "tokens/step", "compile s", "step ms", "tokens/s", "peak MiB", "GFLOP/token",
+        ["preset", "params", "tokens/step", "compile s", "step ms", "x standard", "tokens/s", "peak MiB", "GFLOP/token",
          "GFLOP/s", "MFU %", "torch eager ms", "torch compile ms", "torch eager / JAX", "torch compile / JAX"],
-        [[r["preset"], r["params"], r["tokens_per_step"], r["compile_s"], r["step_ms"], r["tokens_per_s"],
+        [[r["preset"], r["params"], r["tokens_per_step"], r["compile_s"], r["step_ms"],
+          na if r["over_standard"] is None else r["over_standard"], r["tokens_per_s"],
           r["peak_mib"], r["flops_per_token"] / 1e9, r["flops_per_s"] / 1e9, 100 * r["mfu"],
           *(na if r.get(k) is None else r[k] for k in ("torch_eager_ms", "torch_compile_ms", "torch_eager_over_jax",
                                                       "torch_compile_over_jax"))]
