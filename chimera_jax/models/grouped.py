@@ -13,8 +13,7 @@ implementations run that FFN's code unchanged, with each of its Linear layers sw
   past it through ``grouped_blocks``. Batched matmuls need no per-block weight copies, so this beats
   the block scan alone (docs/moe.md, "The CPU grouped FFN", has the figures).
 
-``grouped_ffn`` picks ragged_dot on GPU/TPU and the fair-share split on CPU, when lowering for the
-platform.
+``grouped_ffn`` picks ragged_dot on GPU/TPU and the fair-share split on CPU (the default backend).
 """
 
 from __future__ import annotations
@@ -49,8 +48,11 @@ def overflow_block_rows(fair_share: int) -> int:
 
 def grouped_ffn(experts: eqx.Module, rows: Float[Array, "M D"],
                 group_sizes: Int[Array, " E"]) -> Float[Array, "M D"]:
-    return jax.lax.platform_dependent(rows, group_sizes, cpu=lambda r, g: grouped_fair_share(experts, r, g),
-                                      default=lambda r, g: grouped_ragged(experts, r, g))
+    # Chosen when tracing, for the default backend: lax.platform_dependent would keep both branches under
+    # autodiff (a slower compile and step on CPU, docs/speed.md).
+    if jax.default_backend() == "cpu":
+        return grouped_fair_share(experts, rows, group_sizes)
+    return grouped_ragged(experts, rows, group_sizes)
 
 
 class RaggedLinear(eqx.Module):
