@@ -68,7 +68,7 @@ def test_donated_step_equals_the_plain_one_and_a_non_finite_step_changes_nothing
     for a, b in zip(_arrays(plain), _arrays(donated), strict=True):
         np.testing.assert_array_equal(a, b)
     good = _arrays(donated)
-    monkeypatch.setattr(step_module, "token_nll", lambda logits, targets: jnp.full(targets.shape, jnp.nan))
+    monkeypatch.setattr(step_module, "head_cross_entropy", lambda *args: jnp.array(jnp.nan))
     stuck, metrics = make_train_step(cfg, opt, schedule, donate=True)(donated, *_batch(cfg, 1))
     assert np.isnan(float(metrics["loss"])) and int(stuck.step) == 1
     for a, b in zip(good, _arrays(stuck), strict=True):
@@ -106,7 +106,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, monkeypatc
     cfg = tiny_config("--train.steps", "4", "--train.checkpoint_every", "2")
     train(cfg)
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=8))
-    monkeypatch.setattr(step_module, "token_nll", lambda logits, targets: jnp.full(targets.shape, jnp.nan))
+    monkeypatch.setattr(step_module, "head_cross_entropy", lambda *args: jnp.array(jnp.nan))
     with pytest.raises(NonFiniteLoss, match="step 5"):
         train(longer)
     assert max(Checkpointer(cfg.run_dir).steps()) == 4

@@ -215,6 +215,13 @@ class Decoder(eqx.Module):
                  key: PRNGKeyArray | None = None, inference: bool = False) -> tuple[Float[Array, "B T V"], dict]:
         """Mixed precision is the caller's choice: cast the parameters (train/step.py's ``cast_floating``),
         not the inputs."""
+        x, aux = self.features(tokens, key_mask=key_mask, key=key, inference=inference)
+        return self._head(x), aux
+
+    def features(self, tokens: Int[Array, "B T"], *, key_mask: Bool[Array, "B T"] | None = None,
+                 key: PRNGKeyArray | None = None, inference: bool = False) -> tuple[Float[Array, "B T D"], dict]:
+        """The stack's output before the final norm and head, and the aux: the train loss applies the head
+        itself (train/loss.py)."""
         T = tokens.shape[-1]
         if self.positions == "learned" and T > self.pos_embed.shape[0]:
             raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")
@@ -222,8 +229,7 @@ class Decoder(eqx.Module):
             k_drop, k_stack = jax.random.split(key) if key is not None else (None, None)
             x = dropout(self._embed(tokens, jnp.arange(T)), self.dropout_rate, k_drop, inference)
             x = x.astype(self.embed.weight.dtype)
-        x, aux = self.stack(x, Context(key_mask, inference), k_stack)
-        return self._head(x), aux
+        return self.stack(x, Context(key_mask, inference), k_stack)
 
     def with_layer_list(self) -> Decoder:
         """This decoder with its stack as a ``LayerList``: the same numbers, faster to decode."""

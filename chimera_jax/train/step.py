@@ -11,6 +11,7 @@ import optax
 from jax.typing import DTypeLike
 
 from chimera_jax.config import RunConfig
+from chimera_jax.train.loss import head_cross_entropy
 from chimera_jax.train.state import TrainerState
 
 
@@ -32,8 +33,13 @@ def aux_loss_total(aux: dict) -> jax.Array:
 
 
 def loss_fn(model, inputs, targets, key, compute_dtype):
-    logits, aux = cast_floating(model, compute_dtype)(inputs, key=key, inference=False)
-    ce = token_nll(logits, targets).mean()
+    """Mean token NLL plus the aux losses; the head and its cross-entropy fused (train/loss.py), equal to
+    ``token_nll`` of the model's logits."""
+    model = cast_floating(model, compute_dtype)
+    x, aux = model.features(inputs, key=key, inference=False)
+    with jax.named_scope("head"):
+        weight, vocab_axis = (model.embed.weight, 0) if model.head is None else (model.head.weight, 1)
+        ce = head_cross_entropy(model.final_norm(x), weight, targets, vocab_axis)
     return ce + aux_loss_total(aux), (ce, aux)
 
 
