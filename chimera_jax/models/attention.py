@@ -110,10 +110,34 @@ def reference_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"]
                             dropout_rate=dropout_rate, key=key, inference=inference)
 
 
+# Query rows per block of the CPU's block-causal attention (``block_causal_attention``).
+CAUSAL_BLOCK = 128
+
+
+def block_causal_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
+                           key_mask: Bool[Array, "B T"] | None, block: int) -> Float[Array, "B T H hd"]:
+    """Causal ``jax.nn.dot_product_attention`` run as blocks of ``block`` queries, each scoring only the keys
+    up to its last query: the score blocks above the diagonal, half of them for long sequences, are never
+    computed, and each block's scores are small enough to stay in cache. A query that sees no key at all
+    (left padding) averages the values it scored, as the unblocked kernel does over all of them."""
+    T = q.shape[1]
+    out = []
+    for start in range(0, T, block):
+        end = min(start + block, T)
+        visible = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None, None]  # [1, 1, queries, keys]
+        mask = visible if key_mask is None else visible & key_mask[:, None, None, :end]
+        out.append(jax.nn.dot_product_attention(q[:, start:end], k[:, :end], v[:, :end], mask=mask))
+    return jnp.concatenate(out, axis=1)
+
+
 def fused_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
                     key_mask: Bool[Array, "B T"] | None) -> Float[Array, "B T H hd"]:
     """The same attention as ``reference_attention`` without dropout, as ``jax.nn.dot_product_attention``
-    (it takes the G < H key/value heads as they are)."""
+    (it takes the G < H key/value heads as they are): on CPU in causal blocks past ``CAUSAL_BLOCK`` tokens,
+    elsewhere whole, as one call to the platform's kernel (cuDNN's on GPU where it applies)."""
+    # Chosen when tracing, as ssm.py's scan: lax.platform_dependent would keep both branches under autodiff.
+    if jax.default_backend() == "cpu" and q.shape[1] > CAUSAL_BLOCK:
+        return block_causal_attention(q, k, v, key_mask, CAUSAL_BLOCK)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, heads, queries, keys]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=None)
 
