@@ -63,7 +63,8 @@ def test_ssm_flops_agree_with_xla():
     # The true count is (a + c) T: two lengths give a and c. A large state (64) makes the scan 15% of the
     # total. Tolerance 4%: the SSM's elementwise work (SiLU, softplus, gating, skip) acts on the 2x wider
     # expanded stream, and what does not grow with T (A = -exp(A_log)) lands in c, divided by the batch.
-    cfg = config("ti_ssm", "--model.d_model", "256", "--model.n_layers", "2", "--model.scan_unroll", "2",
+    cfg = config("ti_ssm", "--model.ssm.kind", "mamba", "--model.d_model", "256", "--model.n_layers", "2",
+                 "--model.scan_unroll", "2",
                  "--model.time.enabled", "false", "--model.ssm.scan", "sequential", "--model.ssm.state_size", "64",
                  "--model.d_ff", "64")
     batch, short, long = 8, 16, 32

@@ -8,8 +8,9 @@
 
 The default rows:
 - ``standard`` and ``ti_ssm``: the presets as their YAML has them (seed 004: d_model 256, 6 layers, seq 128,
-  batch 8, byte tokenizer); ``ti_ssm_associative``: ti_ssm with the associative scan (the default before the
-  chunked one); ``ti_ssd``: ti_ssm with the SSM of kind ssd (one Δ and A per head, its scan as matmuls);
+  batch 8, byte tokenizer; ti_ssm's SSM of kind ssd: one Δ and A per head, its scan as matmuls);
+  ``ti_ssm_mamba``: ti_ssm with the per-channel (Mamba-1) SSM and its chunked scan, and
+  ``ti_ssm_mamba_associative`` with the associative scan (the preset before the chunked scan and ssd);
   ``x standard``: a row's step time over the ``standard`` row's, when it runs;
 - ``standard_bpe``: ``standard`` with GPT-2's BPE vocabulary padded to 50,304 (nanoGPT's multiple of 64);
 - ``dense_d512``: seed 000's dense shape, configs/dwr_moe.yaml without its experts: d_model 512, 6 layers,
@@ -60,8 +61,8 @@ log = logging.getLogger(__name__)
 ROWS = {
     "standard": ("standard", ()),
     "ti_ssm": ("ti_ssm", ()),
-    "ti_ssm_associative": ("ti_ssm", ("model.ssm.scan=associative",)),
-    "ti_ssd": ("ti_ssm", ("model.ssm.kind=ssd",)),
+    "ti_ssm_mamba": ("ti_ssm", ("model.ssm.kind=mamba",)),
+    "ti_ssm_mamba_associative": ("ti_ssm", ("model.ssm.kind=mamba", "model.ssm.scan=associative")),
     "standard_bpe": ("standard", ("data.tokenizer=gpt2", "model.vocab_size=50304")),
     "dense_d512": ("dwr_moe", ("model.moe.enabled=false", "model.tie_embeddings=true", "train.precision=f32")),
 }
