@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -162,3 +164,12 @@ def test_exploration_api_shapes():
     protocol = EvalProtocol(corpus="bbc_news", tokenizer="t", seq_len=8, stride=8, batch_size=2)
     losses = modulation.depth_losses(model, stream, protocol, [1, 3])
     assert set(losses) == {1, 3} and all(np.isfinite(v) for v in losses.values())
+
+
+def test_ssd_dynamics_are_reported_per_channel_and_shared_within_each_head():
+    cfg = dataclasses.replace(tiny("ssm"), ssm=SSMConfig(state_size=4, expand=2, kind="ssd", head_dim=8))
+    stats = modulation.ssm_dynamics(build_model(cfg, jax.random.PRNGKey(0)), TOKENS)
+    assert stats["dt"].shape == (L, 2 * D) and stats["decay"].shape == (L, 2 * D, 4) and stats["A"].shape == (2 * D, 4)
+    heads = stats["decay"].reshape(L, 4, 8, 4)  # 4 heads of 8 channels: one decay per head and depth
+    np.testing.assert_allclose(heads, np.broadcast_to(heads[:, :, :1, :1], heads.shape), rtol=1e-6)
+    assert not np.allclose(heads[:, 0], heads[:, 1])  # the heads differ
