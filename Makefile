@@ -28,8 +28,11 @@ setup-torch: $(VENV)/.full
 train: setup
 	$(PY) scripts/train.py --model dense
 
+# Two processes: in one process of the whole suite, XLA segfaults compiling test_train's donated step after
+# ~400 tests (reproduced twice on 2026-12-01; alone, or after any subset tried, it passes; cause not found).
 test: setup-torch
-	$(PY) -m chimera_jax.malloc $(PY) -m pytest -q
+	$(PY) -m chimera_jax.malloc $(PY) -m pytest -q --ignore=tests/test_train.py
+	$(PY) -m chimera_jax.malloc $(PY) -m pytest -q tests/test_train.py
 
 lint: setup-torch
 	$(VENV)/bin/ruff check chimera_jax scripts tests
