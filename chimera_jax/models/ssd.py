@@ -17,6 +17,8 @@ are SSMs", section 6).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -29,6 +31,15 @@ def diagonal(dt: Float[Array, "*b H"], A: Float[Array, " H"], channels: int,
     return jnp.repeat(dt, P, axis=-1), jnp.broadcast_to(jnp.repeat(A, P)[:, None], (channels, state))
 
 
+def to_chunks(a: Array, size: int) -> Array:
+    """``[B, T, ...] -> [B, n, size, ...]``, padded with zeros to whole chunks (the scans pad Δ with 0: steps
+    that leave the state as it is)."""
+    T = a.shape[1]
+    n = -(-T // size)
+    a = jnp.pad(a, [(0, 0), (0, n * size - T)] + [(0, 0)] * (a.ndim - 2))
+    return a.reshape(a.shape[0], n, size, *a.shape[2:])
+
+
 def ssd_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T H"], A: Float[Array, " H"], B: Float[Array, "B T N"],
              C: Float[Array, "B T N"], h0: Float[Array, "B Di N"],
              chunk: int) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
@@ -38,11 +49,7 @@ def ssd_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T H"], A: Float[Arra
     H, N = A.shape[0], B.shape[-1]
     Q = min(chunk, T)
     n = -(-T // Q)
-
-    def chunks(a: Array) -> Array:  # [B, T, ...] -> [B, n, Q, ...]
-        a = jnp.pad(a, [(0, 0), (0, n * Q - T)] + [(0, 0)] * (a.ndim - 2))
-        return a.reshape(batch, n, Q, *a.shape[2:])
-
+    chunks = functools.partial(to_chunks, size=Q)
     x = chunks((u * jnp.repeat(dt, Di // H, axis=-1)).reshape(batch, T, H, Di // H))  # Δ u [B, n, Q, H, P]
     Bc, Cc = chunks(B), chunks(C)  # [B, n, Q, N]
     s = jnp.cumsum(chunks(dt) * A, axis=2)  # log of the decay since the chunk's start [B, n, Q, H]

@@ -42,7 +42,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from chimera_jax.config import SSMConfig
 from chimera_jax.models.layers import INIT_STD, Linear
-from chimera_jax.models.ssd import diagonal, ssd_scan
+from chimera_jax.models.ssd import diagonal, ssd_scan, to_chunks
 
 # Tokens per step of the chunked scans, the fastest of 8 / 16 / 32 / 64 in the train step on CPU (docs/speed.md).
 CHUNK = {"mamba": 8, "ssd": 32}
@@ -66,7 +66,7 @@ def _combine(earlier, later):
 def selective_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T Di"], A: Float[Array, "Di N"],
                    B: Float[Array, "B T N"], C: Float[Array, "B T N"], method: str = "auto",
                    h0: Float[Array, "B Di N"] | None = None,
-                   chunk: int = 8) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
+                   chunk: int = CHUNK["mamba"]) -> tuple[Float[Array, "B T Di"], Float[Array, "B Di N"]]:
     """``(y, h_T)``: ``y_k = C_k · h_k`` with ``h_k = Ā_k h_{k-1} + B̄_k u_k`` from ``h_{-1} = h0`` (default 0),
     and the last state, which decoding carries on from (skip term not included)."""
     if h0 is None:
@@ -74,7 +74,7 @@ def selective_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T Di"], A: Flo
     args = (u, dt, A, B, C, h0)
     if method == "auto":
         # Resolved when tracing, not with lax.platform_dependent: under autodiff that keeps both branches
-        # and their residuals (it made the CPU train step 4x slower).
+        # and their residuals (docs/speed.md).
         method = "chunked" if jax.default_backend() == "cpu" else "associative"
     if method == "associative":
         return associative_scan(*args)
@@ -108,11 +108,9 @@ def chunked_scan(u, dt, A, B, C, h0, chunk: int):
     (Ā = 1, B̄u = 0): steps that leave the state as it is."""
     batch, T = u.shape[:2]
     size = min(chunk, T)
-    n = -(-T // size)
 
-    def chunks(a: Array) -> Array:  # [B, T, ...] -> [n, B, size, ...]
-        a = jnp.pad(a, [(0, 0), (0, n * size - T)] + [(0, 0)] * (a.ndim - 2))
-        return a.reshape(batch, n, size, *a.shape[2:]).swapaxes(0, 1)
+    def chunks(a: Array) -> Array:  # [B, T, ...] -> [n, B, size, ...]: the scan's leading axis
+        return to_chunks(a, size).swapaxes(0, 1)
 
     def run(h, xs):
         u_c, dt_c, B_c, C_c = xs
@@ -124,7 +122,7 @@ def chunked_scan(u, dt, A, B, C, h0, chunk: int):
         return h, jnp.stack(ys, axis=1)
 
     h, y = jax.lax.scan(jax.checkpoint(run), h0, tuple(map(chunks, (u, dt, B, C))))
-    return y.swapaxes(0, 1).reshape(batch, n * size, -1)[:, :T], h
+    return y.swapaxes(0, 1).reshape(batch, -1, y.shape[-1])[:, :T], h
 
 
 def causal_conv(u: Float[Array, "B T Di"], w: Float[Array, "K Di"], b: Float[Array, " Di"],
