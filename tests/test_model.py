@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import equinox as eqx
 import jax
@@ -103,33 +104,43 @@ def test_scan_equals_unrolled_layers():
     np.testing.assert_allclose(scanned, h, atol=1e-5)
 
 
-EXECUTION_CASES = {  # (model overrides, execution-only overrides) on 4 layers, trained with dropout
-    "dense_unroll_2": (dict(), dict(scan_unroll=2)), "dense_unroll_4": (dict(), dict(scan_unroll=4)),
-    "moe_every_2_unroll": (dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
-                           dict(scan_unroll=4)),
-    "ti_mlp_unroll": (dict(time=TimeConfig(enabled=True)), dict(scan_unroll=4)),
-    "dense_remat_block": (dict(), dict(remat="block")), "dense_remat_dots": (dict(), dict(remat="dots")),
-    "moe_remat_block": (dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2)),
-                        dict(remat="block")),
-    "ti_ssm_remat_dots": (dict(mixer="ssm", positions="none", time=TimeConfig(enabled=True)), dict(remat="dots")),
-    "ssm_scan_chunked": (dict(mixer="ssm", positions="none", ssm=SSMConfig(scan="sequential")),
-                         dict(ssm=SSMConfig(scan="chunked", chunk=5))),
+MOE_EVERY_2 = dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2))
+TI_SSM = dict(mixer="ssm", positions="none", time=TimeConfig(enabled=True))
+SSM_SEQUENTIAL = dict(mixer="ssm", positions="none", ssm=SSMConfig(scan="sequential"))
+# (family, execution-only overrides) on 4 layers, trained with dropout; options combine, so one compile checks
+# several (the MoE case unrolls all of its dense and MoE layers), and each family's reference is computed once.
+EXECUTION_CASES = {
+    "dense_unroll_2_remat_dots": ("dense", dict(scan_unroll=2, remat="dots")),
+    "moe_every_2_unroll_4_remat_block": ("moe_every_2", dict(scan_unroll=4, remat="block")),
+    "ti_ssm_unroll_4_remat_dots": ("ti_ssm", dict(scan_unroll=4, remat="dots")),
+    "ssm_scan_chunked": ("ssm_sequential", dict(ssm=SSMConfig(scan="chunked", chunk=5))),
 }
+FAMILIES = {"dense": {}, "moe_every_2": MOE_EVERY_2, "ti_ssm": TI_SSM, "ssm_sequential": SSM_SEQUENTIAL}
 
 
-@pytest.mark.parametrize("kw, execution", EXECUTION_CASES.values(), ids=EXECUTION_CASES.keys())
-def test_execution_options_change_nothing_but_speed(kw, execution):
+def loss_and_grads(cfg):
+    model = build_model(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 61)
+    loss = lambda m: jnp.mean(m(tokens, key=jax.random.PRNGKey(2))[0] ** 2)  # noqa: E731
+    return eqx.filter_jit(eqx.filter_value_and_grad(loss))(model)
+
+
+def execution_base(family: str):
+    return tiny(**{"n_layers": 4, "dropout": 0.1, **FAMILIES[family]})
+
+
+@functools.cache
+def reference_loss_and_grads(family: str):
+    """The one-layer-per-step scan without rematerialisation."""
+    return loss_and_grads(execution_base(family))
+
+
+@pytest.mark.parametrize("family, execution", EXECUTION_CASES.values(), ids=EXECUTION_CASES.keys())
+def test_execution_options_change_nothing_but_speed(family, execution):
     """The training loss (dropout on, same key) and the gradients of every parameter agree with the
     one-layer-per-step scan without rematerialisation (4 layers)."""
-    base = tiny(**{"n_layers": 4, "dropout": 0.1, **kw})
-    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 61)
-
-    def run(cfg):
-        model = build_model(cfg, jax.random.PRNGKey(0))
-        loss = lambda m: jnp.mean(m(tokens, key=jax.random.PRNGKey(2))[0] ** 2)  # noqa: E731
-        return eqx.filter_jit(eqx.filter_value_and_grad(loss))(model)
-
-    (loss, grads), (ref_loss, ref_grads) = run(dataclasses.replace(base, **execution)), run(base)
+    loss, grads = loss_and_grads(dataclasses.replace(execution_base(family), **execution))
+    ref_loss, ref_grads = reference_loss_and_grads(family)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     for g, ref in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads), strict=True):
         np.testing.assert_allclose(g, ref, atol=1e-6, rtol=1e-4)
