@@ -244,21 +244,78 @@ class TrainConfig:
 
 
 @dataclass
+class MeshConfig:
+    """How the devices split the work (docs/distributed.md): a ``jax.sharding.Mesh`` of axes data x fsdp x expert
+    whose product is the device count; -1 (on one axis) takes the devices the others leave.
+
+    The batch is split over all three axes. ``data`` replicates the parameters; ``fsdp`` splits every matrix
+    and its optimizer moments, gathered in the compute precision for each step; ``expert`` splits each MoE
+    layer's experts (on a dense model it is one more data axis)."""
+
+    data: int = -1
+    fsdp: int = 1
+    expert: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = {name: getattr(self, name) for name in ("data", "fsdp", "expert")}
+        for name, size in sizes.items():
+            _require(size == -1 or size >= 1, f"mesh.{name}={size} must be -1 (the rest) or >= 1")
+        named = ", ".join(f"mesh.{name}={size}" for name, size in sizes.items())
+        _require(list(sizes.values()).count(-1) <= 1, f"mesh: only one axis can be -1 (the rest), got {named}")
+
+
+@dataclass
+class DistributedConfig:
+    """One run over several processes (hosts), each driving its own devices: ``jax.distributed.initialize``.
+
+    Set the coordinator, process count and this process's id, or ``cluster`` to let JAX read them from the
+    cluster's environment (SLURM, Open MPI, Kubernetes, TPU pods). Neither: a single-process run."""
+
+    coordinator: str | None = None  # HOST:PORT of process 0, which every process connects to
+    num_processes: int | None = None
+    process_id: int | None = None
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        explicit = (self.coordinator, self.num_processes, self.process_id)
+        _require(all(v is None for v in explicit) or all(v is not None for v in explicit),
+                 "distributed.coordinator, distributed.num_processes and distributed.process_id go together: "
+                 f"got {self.coordinator!r}, {self.num_processes!r}, {self.process_id!r}")
+        _require(not (self.cluster and self.coordinator), "distributed.cluster reads the coordinator from the "
+                 "environment: do not also set distributed.coordinator")
+        if self.coordinator is not None:
+            host, _, port = self.coordinator.rpartition(":")
+            _require(bool(host) and port.isdigit(), f"distributed.coordinator={self.coordinator!r} must be HOST:PORT")
+            _require(self.num_processes >= 1 and 0 <= self.process_id < self.num_processes,
+                     f"distributed.process_id={self.process_id} must be in [0, distributed.num_processes="
+                     f"{self.num_processes})")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cluster or self.coordinator is not None
+
+
+@dataclass
 class RunConfig:
     name: str = "dense"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
-        """The checks that span sections; each section has checked itself."""
+        """The checks that span sections; each section has checked itself. The mesh's fit to the devices
+        is checked once they are known (chimera_jax/train/mesh.py)."""
         m, d = self.model, self.data
         _require(m.positions != "learned" or m.max_seq_len is None or d.seq_len <= m.max_seq_len,
                  f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}, the learned positions")
         _require(m.vocab_size is None or m.vocab_size >= VOCAB_SIZES[d.tokenizer],
                  f"model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
                  f"{VOCAB_SIZES[d.tokenizer]}")
+        _require(not m.moe.enabled or self.mesh.expert == -1 or m.moe.num_experts % self.mesh.expert == 0,
+                 f"mesh.expert={self.mesh.expert} must divide model.moe.num_experts={m.moe.num_experts}")
 
     @property
     def run_dir(self) -> Path:

@@ -7,6 +7,13 @@
 (``--train.batch-size`` is ``--train.batch_size``). Re-running the same run directory (``--resume`` says
 so explicitly) continues from its newest checkpoint. A bad value, combination or corpus name stops with
 one line before any data is read or JAX is loaded.
+
+Every device is used: ``--mesh.data/fsdp/expert`` say how they split the work. Several processes (hosts)
+run the same command with their own id, and only process 0 prints and writes the metrics
+(docs/distributed.md):
+
+    chimera-train --model dwr_moe --mesh.fsdp 8 --distributed.coordinator HOST:PORT \
+        --distributed.num_processes 2 --distributed.process_id 0
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ def check_corpora(cfg: DataConfig) -> None:
 def main(argv: Sequence[str]) -> dict:
     cfg, _ = parse_args([normalise(arg) for arg in argv])  # --resume: resuming is the default anyway
     check_corpora(cfg.data)
-    from chimera_jax.train.loop import format_summary, train  # JAX loads only once the config is known good
+    from chimera_jax.train.distributed import is_primary  # JAX loads only once the config is known good
+    from chimera_jax.train.loop import format_summary, train
 
     summary = train(cfg)
-    print(format_summary(summary))
+    if is_primary():
+        print(format_summary(summary))
     return summary

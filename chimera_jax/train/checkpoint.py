@@ -6,6 +6,10 @@ Evaluation and generation read ``model`` alone, so a checkpoint shipped without 
 Arrays are saved as ``eqx.filter(tree, eqx.is_array)`` and restored onto an ``eqx.filter_eval_shape``
 skeleton of what the current config builds, so nothing in a checkpoint is ever executed: Orbax reads
 tensors (tensorstore) and JSON, never pickles.
+
+Arrays split over a mesh are saved split: each process writes the shards it holds. They restore onto the
+shardings of the skeleton's arrays (the mesh of the run resuming, which may have other devices, or fewer);
+a skeleton of bare shapes (``load_model``) restores onto one device.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class Checkpointer:
         candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
         if not candidates:
             raise CheckpointError(f"no checkpoints in {self.directory}")
-        abstract = {name: eqx.filter(tree, is_param) for name, tree in skeletons.items()}
+        abstract = {name: _restore_targets(tree) for name, tree in skeletons.items()}
         for s in candidates:
             where = self.directory / str(s)
             try:
@@ -118,6 +122,19 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _restore_targets(tree):
+    """The arrays of ``tree`` as Orbax restore targets: an array where it lies, a bare shape on this process's
+    first device (not on the shardings the checkpoint records, whose devices may not exist here)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+        return x
+
+    return jax.tree_util.tree_map(target, eqx.filter(tree, is_param))
 
 
 # Model fields that change how the model runs, not what it computes or which parameters it has.

@@ -1,10 +1,16 @@
-"""The training loop: batches -> jitted step -> logging, validation and Orbax checkpoints; resumable."""
+"""The training loop: batches -> jitted step -> logging, validation and Orbax checkpoints; resumable.
+
+One loop for one device, a node's devices and several processes (docs/distributed.md): the state and the
+batches are placed on the run's mesh (train/mesh.py), and every process runs the loop in step, process 0
+alone writing the metrics and the config and showing progress.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Sequence
 
 import jax
 from tqdm.auto import tqdm
@@ -16,6 +22,8 @@ from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.params import format_report, param_report
 from chimera_jax.tokenizer import get_tokenizer
 from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_run_config
+from chimera_jax.train.distributed import initialize, is_primary
+from chimera_jax.train.mesh import make_mesh, place_batch, shard_state
 from chimera_jax.train.metrics import MetricsLogger
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import init_state
@@ -45,11 +53,15 @@ def recorded_corpus(cfg: RunConfig) -> str | None:
         return None
 
 
-def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
-    """Train ``cfg`` in ``cfg.run_dir``, continuing from its newest checkpoint if there is one."""
+def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.Device] | None = None) -> dict:
+    """Train ``cfg`` in ``cfg.run_dir``, continuing from its newest checkpoint if there is one, on a mesh of
+    ``devices`` (default: all of every process; a checkpoint resumes on any mesh)."""
+    initialize(cfg.distributed)
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     cfg = resolve_config(cfg, tokenizer.vocab_size)
     tc = cfg.train
+    mesh = make_mesh(cfg, devices)
+    primary = is_primary()
     cfg = replace(cfg, data=data.with_fallback(cfg.data, recorded_corpus(cfg)))
     # Everything that can be wrong with the data is found before any compile.
     val_protocol = validation_protocol(cfg)
@@ -60,28 +72,30 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
 
     optimizer = make_optimizer(cfg.optim, tc.steps)
     schedule = lr_schedule(cfg.optim, tc.steps)
-    state = init_state(cfg, optimizer)
+    # Built on one device, then split: exactly the single-device initialisation, on any mesh.
+    state = shard_state(init_state(cfg, optimizer), mesh)
     ckpt = Checkpointer(cfg.run_dir, keep=tc.keep_checkpoints)
     if ckpt.steps():
-        state, meta = ckpt.restore(state, cfg)
+        state, meta = ckpt.restore(state, cfg)  # onto the shardings of the state given
         log.info("resumed from %s at step %d", ckpt.directory, meta["step"])
     start = int(state.step)
     report = param_report(state.model)
-    log.info("%s\n%s", cfg.name, format_report(report))
-    logger = MetricsLogger(cfg.run_dir, resume_step=start)
-    (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
-    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces, donate=True)
+    log.info("%s on %d devices, mesh %s\n%s", cfg.name, mesh.size, dict(mesh.shape), format_report(report))
+    logger = MetricsLogger(cfg.run_dir, resume_step=start) if primary else None
+    if primary:
+        (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces, donate=True, mesh=mesh)
 
     tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
     summary: dict = {"name": cfg.name, "corpus": cfg.data.corpus, "params": report["total"],
-                     "active_params": report["active"]}
+                     "active_params": report["active"], "devices": mesh.size, "mesh": dict(mesh.shape)}
     val: dict = {}
-    bar = tqdm(total=tc.steps, initial=start, disable=not tc.progress, desc=cfg.name, dynamic_ncols=True)
+    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and primary), desc=cfg.name,
+               dynamic_ncols=True)
     t_last, steps_since, compile_s, train_time = time.perf_counter(), 0, None, 0.0
     try:
         for step in range(start, tc.steps):
-            inputs, targets = data.get_batch(train_tokens, cfg.data.seq_len, tc.batch_size * tc.grad_accum,
-                                             tc.seed, step)
+            inputs, targets = place_batch(train_tokens, cfg, step, mesh)
             t0 = time.perf_counter()
             new_state, metrics = step_fn(state, inputs, targets)
             loss = float(metrics["loss"])  # also waits for the step, so timings are honest
@@ -102,18 +116,21 @@ def train(cfg: RunConfig, max_traces: int | None = None) -> dict:
                 now = time.perf_counter()
                 tok_s = tokens_per_step * steps_since / (now - t_last)
                 t_last, steps_since = now, 0
-                scalars = logger.log(done, {**jax.device_get(metrics), "tokens_per_s": tok_s})
-                bar.set_postfix(loss=f"{scalars['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+                if logger:
+                    logger.log(done, {**jax.device_get(metrics), "tokens_per_s": tok_s})
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
             if done % tc.eval_every == 0 or done == tc.steps:
                 val = evaluate_model(state.model, val_stream, val_protocol)
-                logger.log(done, {k: val[k] for k in ("loss", "perplexity", "bits_per_byte")}, split="validation")
-                bar.write(f"step {done}: val loss {val['loss']:.4f}  ppl {val['perplexity']:.2f}  "
-                          f"bpb {val['bits_per_byte']:.4f}")
+                if logger:
+                    logger.log(done, {k: val[k] for k in ("loss", "perplexity", "bits_per_byte")}, split="validation")
+                    bar.write(f"step {done}: val loss {val['loss']:.4f}  ppl {val['perplexity']:.2f}  "
+                              f"bpb {val['bits_per_byte']:.4f}")
             if done % tc.checkpoint_every == 0 or done == tc.steps:
                 ckpt.save(state, cfg)
     finally:
         bar.close()
-        logger.close()
+        if logger:
+            logger.close()
         ckpt.close()
     timed_steps = tc.steps - start - 1
     summary.update({

@@ -8,11 +8,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import DTypeLike
 
 from chimera_jax.config import RunConfig
+from chimera_jax.models.params import is_param
 from chimera_jax.train.loss import head_cross_entropy
-from chimera_jax.train.state import TrainerState
+from chimera_jax.train.mesh import batch_sharding, compute_shardings, shard_state, state_shardings
+from chimera_jax.train.optimizer import lr_schedule, make_optimizer
+from chimera_jax.train.state import TrainerState, init_state
 
 
 def cast_floating(tree, dtype: DTypeLike):
@@ -32,10 +37,12 @@ def aux_loss_total(aux: dict) -> jax.Array:
     return jnp.sum(aux["aux_loss"]) if "aux_loss" in aux else jnp.zeros(())
 
 
-def loss_fn(model, inputs, targets, key, compute_dtype):
+def loss_fn(model, inputs, targets, key, compute_dtype, mesh: Mesh | None = None):
     """Mean token NLL plus the aux losses; the head and its cross-entropy fused (train/loss.py), equal to
-    ``token_nll`` of the model's logits."""
+    ``token_nll`` of the model's logits. On ``mesh``, the compute copy is gathered as train/mesh.py says."""
     model = cast_floating(model, compute_dtype)
+    if mesh is not None:
+        model = eqx.filter_shard(model, compute_shardings(model, mesh))
     x, aux = model.features(inputs, key=key, inference=False)
     with jax.named_scope("head"):
         weight, vocab_axis = (model.embed.weight, 0) if model.head is None else (model.head.weight, 1)
@@ -44,8 +51,9 @@ def loss_fn(model, inputs, targets, key, compute_dtype):
 
 
 def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    max_traces: int | None = None, donate: bool = False) -> Callable:
-    """Build ``train_step(state, inputs, targets) -> (new_state, metrics)``; inputs are ``[grad_accum * batch, T]``.
+                    max_traces: int | None = None, donate: bool = False, mesh: Mesh | None = None) -> Callable:
+    """Build ``train_step(state, inputs, targets) -> (new_state, metrics)``; inputs are ``[grad_accum * batch, T]``
+    or ``[grad_accum, batch, T]``.
 
     A step whose loss is not finite returns the state unchanged (metrics still report the loss), so the
     caller can save the last good state even when ``donate`` is on.
@@ -54,6 +62,8 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
     in place instead of allocating a second copy of the state. The state passed in is unusable
     afterwards; the training loop donates.
     ``max_traces`` wraps the step in ``eqx.debug.assert_max_traces`` (tests prove it compiles once).
+    On ``mesh`` (the state and batch placed there, train/mesh.py), the new state keeps the old one's shardings
+    (so donation can reuse its buffers) and the metrics are replicated: every process can read them.
     """
     compute_dtype = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
     accum = cfg.train.grad_accum
@@ -66,7 +76,7 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
 
         def micro(i):
             (loss, (ce, aux)), grads = grad_fn(state.model, micro_inputs[i], micro_targets[i],
-                                                jax.random.fold_in(key, i), compute_dtype)
+                                                jax.random.fold_in(key, i), compute_dtype, mesh)
             return grads, {"loss": loss, "ce": ce, "aux": aux}
 
         if accum == 1:
@@ -90,6 +100,8 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
         finite = jnp.isfinite(metrics["loss"])
         new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old) if eqx.is_array(new) else new,
                                            new_state, state)
+        if mesh is not None:
+            new_state, metrics = shard_state(new_state, mesh), eqx.filter_shard(metrics, NamedSharding(mesh, P()))
         return new_state, metrics
 
     if max_traces is not None:
@@ -99,3 +111,23 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
     # filter_jit donates every argument but the first: put the batch first, so only the state is donated.
     batch_first = eqx.filter_jit(lambda batch, state: step(state, *batch), donate="all-except-first")
     return lambda state, inputs, targets: batch_first((inputs, targets), state)
+
+
+def step_memory(cfg: RunConfig, mesh: Mesh) -> dict[str, int]:
+    """Bytes per device of the donated train step of ``cfg`` (resolved) on ``mesh``, from XLA's memory analysis
+    of the step compiled for shapes alone (nothing is allocated): the state and batch it takes (``arguments``),
+    its ``temporaries`` (activations, gradients, gathered weights) and their sum (the new state reuses the
+    donated one's buffers)."""
+    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
+    shapes = eqx.filter_eval_shape(init_state, cfg, optimizer)
+    state, static = eqx.partition(shapes, is_param)
+    state = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                                   state_shardings(shapes, mesh))
+    batch = jax.ShapeDtypeStruct((cfg.train.grad_accum, cfg.train.batch_size, cfg.data.seq_len), jnp.int32,
+                                 sharding=batch_sharding(mesh))
+    step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), mesh=mesh)
+    donated = jax.jit(lambda arrays, x, y: step(eqx.combine(arrays, static), x, y), donate_argnums=0)
+    stats = donated.lower(state, batch, batch).compile().memory_analysis()
+    arguments, temporaries = stats.argument_size_in_bytes, stats.temp_size_in_bytes
+    total = arguments + stats.output_size_in_bytes - stats.alias_size_in_bytes + temporaries
+    return {"arguments": arguments, "temporaries": temporaries, "total": total}
