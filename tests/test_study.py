@@ -1,0 +1,121 @@
+"""Studies: a two-arm, two-seed smoke study end to end, its numbers recomputed from the runs, resumed after a
+kill, rerun without retraining; a bad study file stopped with one line before anything trains."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from chimera_jax import data
+from chimera_jax.cli import experiment
+from chimera_jax.config import ConfigError
+from chimera_jax.study import runner
+
+STUDY = """
+name: tiny
+description: dense against a time-indexed model.
+baseline: dense
+arms:
+  - {name: dense, preset: dense}
+  - {name: shared, preset: dense, overrides: [model.time.enabled=true]}
+profiles:
+  smoke:
+    seeds: 2
+    overrides: [model.d_model=16, model.n_layers=2, model.n_heads=2, data.seq_len=16, train.steps=4,
+                train.batch_size=2, train.eval_every=2, train.eval_batches=1, train.checkpoint_every=2,
+                train.log_every=1, optim.warmup_steps=1, train.progress=false, model.time.emb_dim=8,
+                model.time.hidden=8]
+evaluation:
+  depths: [0.5, 1.0]
+plots: [curves, wall, params, depth, gates]
+"""
+
+
+class Killed(Exception):
+    pass
+
+
+def study_file(tmp_path, text: str = STUDY):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_training(tmp_path, token_cache,
+                                                                                         monkeypatch, caplog):
+    out = tmp_path / "out"
+    argv = [study_file(tmp_path), "--profile", "smoke", "--out", str(out), "--data.cache_dir", str(token_cache)]
+    real_get_batch = data.get_batch
+
+    def killed_at_step_3(tokens, seq_len, batch, seed, step, **kw):
+        if step == 2:
+            raise Killed
+        return real_get_batch(tokens, seq_len, batch, seed, step, **kw)
+
+    with monkeypatch.context() as m:  # killed in the first run, after its step-2 checkpoint
+        m.setattr(data, "get_batch", killed_at_step_3)
+        with pytest.raises(Killed):
+            experiment.main(argv)
+    first = out / "dense" / "seed0"
+    kept = first / "checkpoints" / "2"
+    kept_mtime = kept.stat().st_mtime_ns
+    assert not (first / runner.TRAIN_RECORD).exists()
+
+    with caplog.at_level("INFO", logger="chimera_jax.train.loop"):
+        results = experiment.main(argv)
+    assert "resumed from" in caplog.text and kept.stat().st_mtime_ns == kept_mtime  # continued, not restarted
+    train_steps = [line["step"] for line in map(json.loads, (first / "metrics.jsonl").read_text().splitlines())
+                   if line["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4]
+
+    runs = {(arm, k): json.loads((out / arm / f"seed{k}" / runner.RUN_RECORD).read_text())
+            for arm in ("dense", "shared") for k in (0, 1)}
+    assert {(r["arm"], r["seed"]) for r in results["runs"]} == set(runs)
+    for (arm, _), run in runs.items():  # the time-indexed arm run at its trained depth reproduces its val loss
+        assert list(run["val_curve"]) == ["2", "4"] and run["val_curve"]["4"] == run["val_loss"]
+        if arm == "shared":
+            assert set(run["evals"]) == {"depth:1", "depth:2"}
+            assert run["evals"]["depth:2"]["loss"] == pytest.approx(run["val_loss"], abs=1e-5)
+    report = (out / "report.md").read_text()
+    for arm in ("dense", "shared"):
+        losses = [runs[arm, k]["val_loss"] for k in (0, 1)]
+        summary = results["arms"][arm]["val_loss"]
+        assert (summary["mean"], summary["std"], summary["n"]) == pytest.approx(
+            (np.mean(losses), abs(losses[0] - losses[1]) / math.sqrt(2), 2))
+        assert f"{np.mean(losses):.4f} ± {abs(losses[0] - losses[1]) / math.sqrt(2):.4f}" in report
+        assert results["arms"][arm]["params"]["mean"] == runs[arm, 0]["params"]
+    d = [runs["shared", k]["val_bits_per_byte"] - runs["dense", k]["val_bits_per_byte"] for k in (0, 1)]
+    half = stats.t.ppf(0.975, 1) * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2)
+    diff, mean = results["differences"]["shared"]["val_bits_per_byte"], np.mean(d)
+    assert (diff["mean"], diff["low"], diff["high"]) == pytest.approx((mean, mean - half, mean + half))
+    assert f"| shared | val_bits_per_byte | {mean:+.4f} | [{mean - half:+.4f}, {mean + half:+.4f}]" in report
+    assert {p.name for p in out.glob("*.png")} == {"val_loss.png", "val_loss_vs_time.png", "loss_vs_params.png",
+                                                   "depth.png", "gates_shared.png"}
+
+    def no_training(cfg):
+        raise AssertionError(f"retrained {cfg.run_dir}")
+
+    monkeypatch.setattr(runner, "train", no_training)
+    (out / "report.md").unlink()
+    again = experiment.main(argv)
+    assert again["runs"] == results["runs"] and (out / "report.md").read_text() == report
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("preset: dense}", "presett: dense}"), "tiny.yaml: arms.0: The fields `presett` are not valid for Arm"),
+    (("seeds: 2", "seeds: two"), "profiles.smoke.seeds: Couldn't parse 'two' into an int"),
+    (("baseline: dense", "baseline: nope"), "baseline: 'nope' is not one of the arms"),
+    (("time.enabled=true", "moe.enabled=true, model.moe.top_k=9"), "arms.shared: model.moe.top_k=9 must be between"),
+    (("time.enabled=true", "time.enabled"), "arms.shared.overrides: override 'model.time.enabled' must read"),
+])
+def test_a_bad_study_fails_with_one_line_before_anything_trains(tmp_path, monkeypatch, edit, message):
+    monkeypatch.setattr(runner, "train", lambda cfg: pytest.fail("trained"))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as err:
+        experiment.main([study_file(tmp_path, STUDY.replace(*edit)), "--profile", "smoke", "--out", str(out)])
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not out.exists()
