@@ -126,11 +126,20 @@ def difference_rows(results: dict) -> list[list[str]]:
     return rows
 
 
+def eval_order(name: str) -> tuple[str, float, str]:
+    """``depth:3`` before ``depth:12``: an evaluation's kind, then its number when it has one."""
+    kind, _, value = name.partition(":")
+    try:
+        return kind, float(value), ""
+    except ValueError:
+        return kind, 0.0, value
+
+
 def eval_rows(study: Study, results: dict) -> list[list[str]]:
     rows = []
     for arm in study.arms:
         s = results["arms"][arm.name]
-        names = sorted({k.rsplit("/", 1)[0] for k in s if "/" in k})
+        names = sorted({k.rsplit("/", 1)[0] for k in s if "/" in k}, key=eval_order)
         for name in names:
             if s.get(f"{name}/loss") is None:  # an evaluation this arm does not have (depths: time-indexed only)
                 continue
