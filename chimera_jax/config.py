@@ -390,3 +390,15 @@ def _checked(parse, *args, **kwargs) -> RunConfig:
 
 def replace(cfg, **changes):
     return dataclasses.replace(cfg, **changes)
+
+
+def flat_fields(cfg, prefix: str = "") -> dict:
+    """A config's fields as ``{"model.moe.top_k": 2, ...}``: what two configs differ in, field by field."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat_fields(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out

@@ -103,6 +103,8 @@ def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_tr
     (out / "report.md").unlink()
     again = experiment.main(argv)
     assert again["runs"] == results["runs"] and (out / "report.md").read_text() == report
+    with pytest.raises(ConfigError, match=r"dense/seed0 was trained under another config \(optim.lr: 0.001 now 0.01\)"):
+        experiment.main([*argv, "--optim.lr", "0.01"])  # into the same --out: an error, not a silent mix
 
 
 @pytest.mark.parametrize(("edit", "message"), [

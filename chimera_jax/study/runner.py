@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from chimera_jax.config import ConfigError, RunConfig, to_yaml
+from chimera_jax.config import ConfigError, RunConfig, flat_fields, from_yaml, to_yaml
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.study.spec import Evaluation, Run, Study
 from chimera_jax.train.loop import format_summary, train
@@ -56,9 +56,11 @@ def step_memory_mib(cfg: RunConfig) -> float:
 
 
 def check_same_config(record: dict, cfg: RunConfig, run_dir: Path) -> None:
-    if record["config"] != to_yaml(cfg):
-        old, new = record["config"].splitlines(), to_yaml(cfg).splitlines()
-        diff = next((f"{a.strip()!r} now {b.strip()!r}" for a, b in zip(old, new, strict=False) if a != b), "")
+    """The run's recorded config, parsed (so fields added since take their defaults), is ``cfg``."""
+    old, new = flat_fields(from_yaml(record["config"])), flat_fields(cfg)
+    diff = next((f"{k}: {old.get(k)!r} now {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                 if old.get(k) != new.get(k)), None)
+    if diff is not None:
         raise ConfigError(f"{run_dir} was trained under another config ({diff}): use a fresh --out")
 
 

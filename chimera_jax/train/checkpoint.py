@@ -14,7 +14,6 @@ a skeleton of bare shapes (``load_model``) restores onto one device.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import equinox as eqx
 import jax
 import orbax.checkpoint as ocp
 
-from chimera_jax.config import RunConfig, from_yaml, to_yaml
+from chimera_jax.config import RunConfig, flat_fields, from_yaml, to_yaml
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import is_param
 from chimera_jax.models.transformer import Decoder
@@ -142,24 +141,13 @@ EXECUTION_ONLY = frozenset({"scan_unroll", "remat", "ssm.scan", "ssm.chunk"})
 
 
 def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> None:
-    saved_model, current_model = _flat(saved.model), _flat(current.model)
+    saved_model, current_model = flat_fields(saved.model), flat_fields(current.model)
     diffs = {k: (saved_model.get(k), current_model.get(k)) for k in saved_model.keys() | current_model.keys()
              if saved_model.get(k) != current_model.get(k) and k not in EXECUTION_ONLY}
     if diffs:
         lines = "\n".join(f"  model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
         raise CheckpointError(f"checkpoint {where} was trained with a different model config:\n{lines}\n"
                               "Use a new train.run_dir, or the checkpoint's own config.")
-
-
-def _flat(obj, prefix: str = "") -> dict:
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(_flat(value, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = value
-    return out
 
 
 def load_run_config(run_dir: str | Path, step: int | None = None) -> RunConfig:
