@@ -296,6 +296,33 @@ class DistributedConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning a trained run: supervised (sft) or DPO (chimera_jax/finetune/, docs/finetune.md). Unused by
+    pretraining; a fine-tuning run records here where it started and what it read."""
+
+    stage: Literal["sft", "dpo"] = "sft"
+    source: str | None = None  # run directory of the starting checkpoint (also DPO's frozen reference)
+    source_step: int | None = None  # its checkpoint step; None: the newest
+    data: str | None = None  # a JSONL file, or an HF dataset name (tatsu-lab/alpaca, Anthropic/hh-rlhf)
+    split: str = "train"  # the HF dataset's split
+    prompt_field: str = "prompt"  # "" (dpo): the chosen and rejected texts' common prefix, as in Anthropic/hh-rlhf
+    input_field: str | None = None  # appended to the prompt after a blank line when non-empty (alpaca's "input")
+    response_field: str = "response"  # sft
+    chosen_field: str = "chosen"  # dpo
+    rejected_field: str = "rejected"  # dpo
+    val_fraction: float = 0.1  # the source's last records (at least one), held out for validation
+    max_records: int | None = None  # read at most this many records
+    beta: float = 0.1  # dpo: strength of the pull towards the reference
+
+    def __post_init__(self) -> None:
+        _require(0 < self.val_fraction < 1, f"finetune.val_fraction={self.val_fraction} must be in (0, 1)")
+        _at_least("finetune", self, 1, "max_records")
+        _require(self.beta > 0, f"finetune.beta={self.beta} must be > 0")
+        _require(bool(self.prompt_field) or self.stage == "dpo",
+                 "finetune.prompt_field='' (the common prefix of chosen and rejected) needs finetune.stage=dpo")
+
+
+@dataclass
 class RunConfig:
     name: str = "dense"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -304,6 +331,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         """The checks that span sections; each section has checked itself. The mesh's fit to the devices

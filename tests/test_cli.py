@@ -19,7 +19,7 @@ from chimera_jax.malloc import TUNED
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment", "bench_moe", "plot_experts",
-            "generate", "bench", "lm_eval")
+            "generate", "bench", "lm_eval", "finetune")
 BIN = Path(sys.executable).parent
 
 

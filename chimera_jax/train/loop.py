@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+import equinox as eqx
 import jax
+import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from chimera_jax import data
@@ -26,8 +30,8 @@ from chimera_jax.train.distributed import initialize, is_primary
 from chimera_jax.train.mesh import make_mesh, place_batch, shard_state
 from chimera_jax.train.metrics import MetricsLogger
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
-from chimera_jax.train.state import init_state
-from chimera_jax.train.step import make_train_step
+from chimera_jax.train.state import TrainerState, init_state
+from chimera_jax.train.step import LM_LOSS, Loss, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +57,30 @@ def recorded_corpus(cfg: RunConfig) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What the loop trains: pretraining (``train``) and fine-tuning (chimera_jax/finetune/) are each one of these.
+
+    ``batch(step)``: the step's batch, placed on the mesh, a function of the step alone (so a resumed run
+    sees the same batches); ``validate(model)``: the validation metrics, of which ``val_keys`` are logged and
+    reported; ``init(optimizer)``: the state a new run starts from; ``summary``: what the run's summary adds."""
+
+    loss: Loss
+    batch: Callable[[int], tuple[jax.Array, ...]]
+    validate: Callable[[eqx.Module], dict]
+    val_keys: tuple[str, ...]
+    tokens_per_step: int
+    init: Callable[[optax.GradientTransformation], TrainerState]
+    summary: dict = field(default_factory=dict)
+
+
 def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.Device] | None = None) -> dict:
     """Train ``cfg`` in ``cfg.run_dir``, continuing from its newest checkpoint if there is one, on a mesh of
     ``devices`` (default: all of every process; a checkpoint resumes on any mesh)."""
     initialize(cfg.distributed)
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     cfg = resolve_config(cfg, tokenizer.vocab_size)
-    tc = cfg.train
     mesh = make_mesh(cfg, devices)
-    primary = is_primary()
     cfg = replace(cfg, data=data.with_fallback(cfg.data, recorded_corpus(cfg)))
     # Everything that can be wrong with the data is found before any compile.
     val_protocol = validation_protocol(cfg)
@@ -69,11 +88,25 @@ def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.D
     val_stream = data.load_stream(val_protocol.data_config(cfg.data), "validation")
     data.check_split_length(train_tokens, cfg.data.seq_len, f"{cfg.data.corpus}/train")
     data.check_split_length(val_stream.tokens, cfg.data.seq_len, f"{cfg.data.corpus}/validation")
+    tc = cfg.train
+    objective = Objective(
+        loss=LM_LOSS, batch=lambda step: place_batch(train_tokens, cfg, step, mesh),
+        validate=lambda model: evaluate_model(model, val_stream, val_protocol),
+        val_keys=("loss", "perplexity", "bits_per_byte"),
+        tokens_per_step=tc.batch_size * tc.grad_accum * cfg.data.seq_len,
+        init=lambda optimizer: init_state(cfg, optimizer), summary={"corpus": cfg.data.corpus})
+    return run(cfg, objective, mesh, max_traces)
 
+
+def run(cfg: RunConfig, objective: Objective, mesh: Mesh, max_traces: int | None = None) -> dict:
+    """The loop itself: ``objective`` trained in ``cfg.run_dir`` (resolved) on ``mesh``, from the newest checkpoint
+    there if there is one, else from ``objective.init``; returns the run's summary."""
+    tc = cfg.train
+    primary = is_primary()
     optimizer = make_optimizer(cfg.optim, tc.steps)
     schedule = lr_schedule(cfg.optim, tc.steps)
     # Built on one device, then split: exactly the single-device initialisation, on any mesh.
-    state = shard_state(init_state(cfg, optimizer), mesh)
+    state = shard_state(objective.init(optimizer), mesh)
     ckpt = Checkpointer(cfg.run_dir, keep=tc.keep_checkpoints)
     if ckpt.steps():
         state, meta = ckpt.restore(state, cfg)  # onto the shardings of the state given
@@ -84,10 +117,11 @@ def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.D
     logger = MetricsLogger(cfg.run_dir, resume_step=start) if primary else None
     if primary:
         (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
-    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces, donate=True, mesh=mesh)
+    step_fn = make_train_step(cfg, optimizer, schedule, max_traces=max_traces, donate=True, mesh=mesh,
+                              loss=objective.loss)
 
-    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.data.seq_len
-    summary: dict = {"name": cfg.name, "corpus": cfg.data.corpus, "params": report["total"],
+    tokens_per_step = objective.tokens_per_step
+    summary: dict = {"name": cfg.name, **objective.summary, "params": report["total"],
                      "active_params": report["active"], "devices": mesh.size, "mesh": dict(mesh.shape)}
     val: dict = {}
     bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and primary), desc=cfg.name,
@@ -95,9 +129,9 @@ def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.D
     t_last, steps_since, compile_s, train_time = time.perf_counter(), 0, None, 0.0
     try:
         for step in range(start, tc.steps):
-            inputs, targets = place_batch(train_tokens, cfg, step, mesh)
+            batch = objective.batch(step)
             t0 = time.perf_counter()
-            new_state, metrics = step_fn(state, inputs, targets)
+            new_state, metrics = step_fn(state, *batch)
             loss = float(metrics["loss"])  # also waits for the step, so timings are honest
             dt = time.perf_counter() - t0
             if compile_s is None:
@@ -120,11 +154,11 @@ def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.D
                     logger.log(done, {**jax.device_get(metrics), "tokens_per_s": tok_s})
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}")
             if done % tc.eval_every == 0 or done == tc.steps:
-                val = evaluate_model(state.model, val_stream, val_protocol)
+                result = objective.validate(state.model)
+                val = {k: result[k] for k in objective.val_keys}
                 if logger:
-                    logger.log(done, {k: val[k] for k in ("loss", "perplexity", "bits_per_byte")}, split="validation")
-                    bar.write(f"step {done}: val loss {val['loss']:.4f}  ppl {val['perplexity']:.2f}  "
-                              f"bpb {val['bits_per_byte']:.4f}")
+                    logger.log(done, val, split="validation")
+                    bar.write(f"step {done}: val " + "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
             if done % tc.checkpoint_every == 0 or done == tc.steps:
                 ckpt.save(state, cfg)
     finally:
@@ -135,8 +169,7 @@ def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.D
     timed_steps = tc.steps - start - 1
     summary.update({
         "steps": tc.steps, "final_train_loss": loss if tc.steps > start else None,
-        "val_loss": val.get("loss"), "val_perplexity": val.get("perplexity"),
-        "val_bits_per_byte": val.get("bits_per_byte"), "compile_s": compile_s,
+        **{f"val_{k}": val.get(k) for k in objective.val_keys}, "compile_s": compile_s,
         "ms_per_step": 1000 * train_time / timed_steps if timed_steps > 0 else None,
         "tokens_per_s": tokens_per_step * timed_steps / train_time if timed_steps > 0 and train_time else None,
         "run_dir": str(cfg.run_dir),

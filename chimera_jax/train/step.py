@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -37,12 +38,17 @@ def aux_loss_total(aux: dict) -> jax.Array:
     return jnp.sum(aux["aux_loss"]) if "aux_loss" in aux else jnp.zeros(())
 
 
+def compute_model(model, compute_dtype: DTypeLike, mesh: Mesh | None = None):
+    """The step's compute copy of ``model``: cast to ``compute_dtype`` and, on ``mesh``, gathered as train/mesh.py
+    says."""
+    model = cast_floating(model, compute_dtype)
+    return model if mesh is None else eqx.filter_shard(model, compute_shardings(model, mesh))
+
+
 def loss_fn(model, inputs, targets, key, compute_dtype, mesh: Mesh | None = None):
     """Mean token NLL plus the aux losses; the head and its cross-entropy fused (train/loss.py), equal to
     ``token_nll`` of the model's logits. On ``mesh``, the compute copy is gathered as train/mesh.py says."""
-    model = cast_floating(model, compute_dtype)
-    if mesh is not None:
-        model = eqx.filter_shard(model, compute_shardings(model, mesh))
+    model = compute_model(model, compute_dtype, mesh)
     x, aux = model.features(inputs, key=key, inference=False)
     with jax.named_scope("head"):
         weight, vocab_axis = (model.embed.weight, 0) if model.head is None else (model.head.weight, 1)
@@ -50,10 +56,29 @@ def loss_fn(model, inputs, targets, key, compute_dtype, mesh: Mesh | None = None
     return ce + aux_loss_total(aux), (ce, aux)
 
 
+class Loss(NamedTuple):
+    """What a train step minimises: ``fn(model, batch, key, compute_dtype, mesh) -> (loss, metrics)`` on one
+    micro-batch (a tuple of arrays, one row per sequence), and each batch array's dimensions per row (1 for a
+    row of tokens, 0 for one number per row), by which the step splits the batch into micro-batches."""
+
+    fn: Callable
+    row_ndims: tuple[int, ...]
+
+
+def _lm_loss(model, batch, key, compute_dtype, mesh):
+    inputs, targets = batch
+    loss, (ce, aux) = loss_fn(model, inputs, targets, key, compute_dtype, mesh)
+    return loss, {"loss": loss, "ce": ce, "aux": aux}
+
+
+LM_LOSS = Loss(_lm_loss, (1, 1))  # pretraining: batches (inputs, targets)
+
+
 def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    max_traces: int | None = None, donate: bool = False, mesh: Mesh | None = None) -> Callable:
-    """Build ``train_step(state, inputs, targets) -> (new_state, metrics)``; inputs are ``[grad_accum * batch, T]``
-    or ``[grad_accum, batch, T]``.
+                    max_traces: int | None = None, donate: bool = False, mesh: Mesh | None = None,
+                    loss: Loss = LM_LOSS) -> Callable:
+    """Build ``train_step(state, *batch) -> (new_state, metrics)`` minimising ``loss`` (default: pretraining's, on
+    ``batch = (inputs, targets)``); each batch array is ``[grad_accum * batch, ...]`` or ``[grad_accum, batch, ...]``.
 
     A step whose loss is not finite returns the state unchanged (metrics still report the loss), so the
     caller can save the last good state even when ``donate`` is on.
@@ -67,17 +92,17 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
     """
     compute_dtype = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
     accum = cfg.train.grad_accum
-    grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+    grad_fn = eqx.filter_value_and_grad(loss.fn, has_aux=True)
 
-    def step(state: TrainerState, inputs: jax.Array, targets: jax.Array):
+    def step(state: TrainerState, *batch: jax.Array):
         key = jax.random.fold_in(state.key, state.step)
-        micro_inputs = inputs.reshape(accum, -1, inputs.shape[-1])
-        micro_targets = targets.reshape(accum, -1, targets.shape[-1])
+        micro_batch = tuple(x.reshape(accum, -1, *x.shape[x.ndim - n:]) for x, n in zip(batch, loss.row_ndims,
+                                                                                          strict=True))
 
         def micro(i):
-            (loss, (ce, aux)), grads = grad_fn(state.model, micro_inputs[i], micro_targets[i],
-                                                jax.random.fold_in(key, i), compute_dtype, mesh)
-            return grads, {"loss": loss, "ce": ce, "aux": aux}
+            (_, metrics), grads = grad_fn(state.model, tuple(x[i] for x in micro_batch), jax.random.fold_in(key, i),
+                                          compute_dtype, mesh)
+            return grads, metrics
 
         if accum == 1:
             grads, metrics = micro(0)
@@ -110,7 +135,7 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
         return eqx.filter_jit(step)
     # filter_jit donates every argument but the first: put the batch first, so only the state is donated.
     batch_first = eqx.filter_jit(lambda batch, state: step(state, *batch), donate="all-except-first")
-    return lambda state, inputs, targets: batch_first((inputs, targets), state)
+    return lambda state, *batch: batch_first(batch, state)
 
 
 def step_memory(cfg: RunConfig, mesh: Mesh) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning and DPO of trained runs (docs/finetune.md)."""

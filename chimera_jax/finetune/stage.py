@@ -1,0 +1,149 @@
+"""A fine-tuning run: a trained run's model, tokenizer and config, trained further by the training loop on SFT or
+DPO records (train/loop.py ``run``: the same checkpoints, metrics, TensorBoard and exact resume as pretraining).
+
+For DPO the frozen reference is the starting model: its log-probabilities of every record's chosen and
+rejected responses are computed once, before training, and travel in the batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from chimera_jax.config import ConfigError, RunConfig, load_config, replace, resolve_config, to_yaml
+from chimera_jax.finetune.data import Rows, encode_records, read_records, split_validation, step_rows
+from chimera_jax.finetune.losses import SFT_LOSS, batch_logps, dpo_loss, dpo_step_loss
+from chimera_jax.tokenizer import get_tokenizer
+from chimera_jax.train.checkpoint import CheckpointError, load_model, load_run_config
+from chimera_jax.train.distributed import initialize
+from chimera_jax.train.loop import Objective, run
+from chimera_jax.train.mesh import batch_sharding, make_mesh
+from chimera_jax.train.optimizer import trainable
+from chimera_jax.train.state import TrainerState
+
+log = logging.getLogger(__name__)
+
+
+def check_source(source: str | Path | None) -> None:
+    if source is None:
+        raise ConfigError("checkpoint: no run to start from (--checkpoint RUN, finetune.source)")
+    if not (Path(source) / "checkpoints").is_dir():
+        raise ConfigError(f"checkpoint: {source} is not a run directory (no checkpoints/ in it)")
+
+
+def finetune_config(source: str | Path, stage: str, data: str, out: str | Path | None = None,
+                    overrides: Sequence[str] = ()) -> RunConfig:
+    """The fine-tuning run's config: the source run's (its model, tokenizer, optimizer and train settings), named
+    ``<name>-<stage>``, in ``out`` (default: the source's directory + ``-sft`` / ``-dpo``), with the dotted
+    ``overrides`` (``--train.steps 200``, ``--finetune.beta 0.2``) applied last."""
+    check_source(source)
+    try:
+        base = load_run_config(source)
+    except CheckpointError as err:
+        raise ConfigError(f"checkpoint: {err}") from None
+    out = Path(out) if out is not None else Path(f"{str(source).rstrip('/')}-{stage}")
+    cfg = replace(base, name=f"{base.name}-{stage}", train=replace(base.train, run_dir=str(out)),
+                  finetune=replace(base.finetune, stage=stage, source=str(source), data=str(data)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "finetune.yaml"
+        path.write_text(to_yaml(cfg))
+        return load_config(path, overrides)
+
+
+def starting_state(model: eqx.Module, cfg: RunConfig, optimizer: optax.GradientTransformation) -> TrainerState:
+    """A new run's state around a trained model: fresh optimizer moments, step 0, the run's seed's key."""
+    _, k_train = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
+    return TrainerState(model=model, opt_state=optimizer.init(trainable(model)), step=jnp.asarray(0, jnp.int32),
+                        key=k_train)
+
+
+def padded_chunks(arrays: Sequence[np.ndarray], size: int):
+    """The arrays in chunks of ``size`` rows, the last padded with zero rows (zero masks: they score nothing)."""
+    n = len(arrays[0])
+    for start in range(0, n, size):
+        chunk = [a[start : start + size] for a in arrays]
+        yield [np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)]) for c in chunk]
+
+
+def all_logps(model: eqx.Module, rows: Rows, batch_size: int) -> np.ndarray:
+    """Every row's summed log-probability of its masked targets, ``batch_size`` rows per (one) compiled call."""
+    out = [np.asarray(batch_logps(model, *map(jnp.asarray, chunk))) for chunk in padded_chunks(rows, batch_size)]
+    return np.concatenate(out)[: len(rows.inputs)]
+
+
+def sft_validation(rows: Rows, batch_size: int):
+    """The held-out records' masked mean NLL (over all their response tokens) and its perplexity."""
+
+    def validate(model) -> dict:
+        loss = -float(all_logps(model, rows, batch_size).sum()) / float(rows.mask.sum())
+        return {"loss": loss, "perplexity": float(np.exp(loss))}
+
+    return validate
+
+
+def dpo_validation(chosen: Rows, rejected: Rows, ref: tuple[np.ndarray, np.ndarray], beta: float, batch_size: int):
+    """The held-out pairs' DPO loss, reward margin, preference accuracy and mean log-probabilities."""
+
+    def validate(model) -> dict:
+        logps = (all_logps(model, chosen, batch_size), all_logps(model, rejected, batch_size))
+        _, metrics = dpo_loss(*map(jnp.asarray, (*logps, *ref)), beta)
+        return {k: float(v) for k, v in metrics.items()}
+
+    return validate
+
+
+def place(arrays: Sequence[np.ndarray], mesh: Mesh) -> tuple[jax.Array, ...]:
+    """Host arrays ``[grad_accum, batch, ...]`` (every process holds them all) on the mesh, rows split."""
+    sharding = batch_sharding(mesh)
+    return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays)
+
+
+def finetune(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.Device] | None = None) -> dict:
+    """Fine-tune ``cfg.finetune.source``'s model on ``cfg.finetune.data`` (``finetune_config`` builds ``cfg``) in
+    ``cfg.run_dir``, continuing from its newest checkpoint if there is one. The records are read and checked
+    (``DataReport``) before the model loads or anything compiles."""
+    ft, tc = cfg.finetune, cfg.train
+    check_source(ft.source)
+    if ft.data is None:
+        raise ConfigError("finetune.data: no records to train on (--data FILE.jsonl or an HF dataset name)")
+    initialize(cfg.distributed)
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    records = read_records(ft.data, ft.split, ft.max_records)
+    rows, report = encode_records(records, ft, tokenizer, cfg.data.seq_len, ft.data)
+    train_rows, val_rows = split_validation(rows, ft.val_fraction)
+    log.info("%s", report.line())
+    cfg = resolve_config(cfg, tokenizer.vocab_size)
+    mesh = make_mesh(cfg, devices)
+    model, _ = load_model(ft.source, ft.source_step)
+    n, count = len(train_rows[0].inputs), tc.grad_accum * tc.batch_size
+    if ft.stage == "sft":
+        arrays, loss = tuple(train_rows[0]), SFT_LOSS
+        validate, val_keys = sft_validation(val_rows[0], tc.batch_size), ("loss", "perplexity")
+    else:
+        # The frozen reference: the starting model's log-probabilities, computed once.
+        ref = tuple(all_logps(model, r, tc.batch_size) for r in train_rows)
+        val_ref = tuple(all_logps(model, r, tc.batch_size) for r in val_rows)
+        arrays, loss = (*train_rows[0], *train_rows[1], *ref), dpo_step_loss(ft.beta)
+        validate = dpo_validation(*val_rows, val_ref, ft.beta, tc.batch_size)
+        val_keys = ("loss", "reward_margin", "accuracy", "logp_chosen", "logp_rejected")
+
+    def batch(step: int) -> tuple[jax.Array, ...]:
+        index = step_rows(n, count, tc.seed, step).reshape(tc.grad_accum, tc.batch_size)
+        return place([a[index] for a in arrays], mesh)
+
+    objective = Objective(
+        loss=loss, batch=batch, validate=validate, val_keys=val_keys,
+        tokens_per_step=count * cfg.data.seq_len * len(train_rows),
+        init=lambda optimizer: starting_state(model, cfg, optimizer),
+        summary={"stage": ft.stage, "source": ft.source, "data": report.line(),
+                 "records": {"train": n, "validation": len(val_rows[0].inputs)}})
+    return run(cfg, objective, mesh, max_traces)

@@ -1,0 +1,209 @@
+"""Fine-tuning: the template's masks and bad-record counts, the SFT and DPO losses against hand-written oracles,
+SFT and DPO runs through the training loop (loss falls, held-out preference accuracy rises, exact resume), and
+one-line errors before anything compiles."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TINY_YAML
+
+from chimera_jax.cli import finetune as finetune_cli
+from chimera_jax.config import ConfigError, FinetuneConfig, load_config
+from chimera_jax.finetune.data import TEMPLATE, encode_records, read_records, step_rows
+from chimera_jax.finetune.losses import _dpo_step_loss, batch_logps, dpo_loss, sft_loss
+from chimera_jax.finetune.stage import finetune, finetune_config, sft_validation
+from chimera_jax.tokenizer import get_tokenizer
+from chimera_jax.train.checkpoint import load_model
+from chimera_jax.train.loop import train
+from chimera_jax.train.metrics import read_metrics
+from chimera_jax.train.step import token_nll
+
+SEQ = 64
+BYTES = get_tokenizer("byte")
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "maple", "ocean", "ember", "frost", "glade"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, token_cache) -> Path:
+    """A tiny run (d_model 32, seq 64, byte tokenizer) trained a few steps on BBC News: the starting checkpoint."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    (folder / "tiny.yaml").write_text(TINY_YAML)
+    cfg = load_config(folder / "tiny.yaml", ["--data.cache_dir", str(token_cache), "--data.seq_len", str(SEQ),
+                                             "--train.run_dir", str(folder / "run"), "--train.steps", "4",
+                                             "--train.eval_batches", "1"])
+    train(cfg)
+    return cfg.run_dir
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def sft_records(n: int) -> list[dict]:
+    return [{"prompt": f"Name item {i}.", "response": f"It is {WORDS[i % len(WORDS)]}."} for i in range(n)]
+
+
+def dpo_records(n: int) -> list[dict]:
+    """Chosen responses start with a fixed word the rejected ones never do; both are otherwise alike."""
+    return [{"prompt": f"Item {i}?", "chosen": f"yes {WORDS[i % len(WORDS)]}", "rejected": f"no {WORDS[i % 7]}"}
+            for i in range(n)]
+
+
+def ft_config(pretrained: Path, tmp_path: Path, stage: str, data: Path, *overrides: str):
+    return finetune_config(pretrained, stage, str(data), tmp_path / stage, [
+        "--train.batch_size", "4", "--train.log_every", "1", "--train.progress", "false", "--optim.warmup_steps", "2",
+        "--optim.lr", "3e-3", "--finetune.val_fraction", "0.25", *overrides])
+
+
+def test_template_masks_the_response_and_bad_records_are_counted(tmp_path):
+    long_prompt = "x" * SEQ
+    path = write_jsonl(tmp_path / "sft.jsonl", [
+        {"prompt": "Say hi.", "response": "hi"}, {"prompt": "Tell a story.", "response": "y" * 200},
+        {"prompt": "No response."}, {"prompt": "Blank.", "response": "  "}, {"prompt": long_prompt, "response": "z"},
+        "not json", [1, 2]])
+    cfg = FinetuneConfig()
+    (rows,), report = encode_records(read_records(str(path), "train", None), cfg, BYTES, SEQ, str(path))
+    assert (report.read, report.used, report.truncated) == (7, 2, 1)
+    assert report.rejected == {"missing field 'response'": 1, "empty response": 1, "prompt too long": 1,
+                               "not a JSON object": 2}
+    assert report.line() == (f"{path}: 7 read, 2 used (1 truncated), 5 rejected (empty response: 1, missing field "
+                             "'response': 1, not a JSON object: 2, prompt too long: 1)")
+    # The mask covers exactly the response and the end marker (the byte tokenizer's: the document separator);
+    # inputs are the targets shifted right, padded with 0 under a zero mask.
+    context = TEMPLATE.format(prompt="Say hi.")
+    assert BYTES.decode(rows.targets[0][rows.mask[0] == 1]) == "hi\n\n"
+    assert BYTES.decode(rows.inputs[0][: len(context) + 3]) == context + "hi\n"
+    assert rows.mask[0].sum() == 4 and not rows.targets[0][int(rows.mask[0].nonzero()[0][-1]) + 1:].any()
+    story = TEMPLATE.format(prompt="Tell a story.")
+    assert rows.mask[1].sum() == SEQ - len(story) + 1 and rows.mask[1][-1] == 1  # truncated: fills the row
+
+    with pytest.raises(ConfigError, match=r"no usable records in .*: 1 read, 0 used"):
+        encode_records([{"prompt": "p"}], cfg, BYTES, SEQ, "x.jsonl")
+    assert step_rows(5, 3, 0, 0).tolist() + step_rows(5, 3, 0, 1).tolist()[:2] == np.random.default_rng(
+        [0, 0]).permutation(5).tolist()  # steps walk through an epoch's shuffle
+
+
+def test_alpaca_and_hh_rlhf_fields():
+    """Alpaca's instruction + input + output, and hh-rlhf's whole conversations whose prompt is their common part."""
+    alpaca = FinetuneConfig(prompt_field="instruction", input_field="input", response_field="output")
+    records = [{"instruction": "Add.", "input": "2 3", "output": "5"},
+               {"instruction": "Wave.", "input": "", "output": "o/"}]
+    (rows,), _ = encode_records(records, alpaca, BYTES, SEQ, "alpaca")
+    assert BYTES.decode(rows.inputs[0][rows.inputs[0] > 0]) == TEMPLATE.format(prompt="Add.\n\n2 3") + "5\n"
+    assert BYTES.decode(rows.inputs[1][rows.inputs[1] > 0]) == TEMPLATE.format(prompt="Wave.") + "o/\n"
+
+    hh = FinetuneConfig(stage="dpo", prompt_field="")
+    talk = "\n\nHuman: Is it late?\n\nAssistant:"
+    pairs = [{"chosen": talk + " Yes, go to bed.", "rejected": talk + " No."},
+             {"chosen": talk + " Ok.", "rejected": talk + " Ok."}]
+    (chosen, rejected), report = encode_records(pairs, hh, BYTES, SEQ * 2, "hh")
+    assert BYTES.decode(chosen.targets[0][chosen.mask[0] == 1]) == " Yes, go to bed.\n\n"
+    assert BYTES.decode(rejected.inputs[0][: len(TEMPLATE.format(prompt=talk))]) == TEMPLATE.format(prompt=talk)
+    assert report.rejected == {"chosen equals rejected": 1}
+    with pytest.raises(ConfigError, match="needs finetune.stage=dpo"):
+        FinetuneConfig(prompt_field="")
+
+
+def _sft_batch(n: int = 6):
+    (rows,), _ = encode_records(sft_records(n), FinetuneConfig(), BYTES, SEQ, "records")
+    return tuple(map(jnp.asarray, rows))
+
+
+def test_sft_loss_is_the_token_nll_of_the_response_tokens_only(pretrained):
+    model, _ = load_model(pretrained)
+    inputs, targets, mask = _sft_batch()
+    loss, _ = sft_loss(model, (inputs, targets, mask), None, jnp.float32, None)
+    logits, _ = model(inputs, inference=True)
+    nll = np.asarray(token_nll(logits, targets))
+    np.testing.assert_allclose(float(loss), nll[np.asarray(mask) == 1].mean(), rtol=1e-6)
+    # Another target under the prompt or the padding does not move the loss; one under the response does.
+    moved = jnp.where(mask == 0, (targets + 7) % 256, targets)
+    assert float(sft_loss(model, (inputs, moved, mask), None, jnp.float32, None)[0]) == pytest.approx(float(loss),
+                                                                                                      rel=1e-6)
+    response = jnp.where(mask == 1, (targets + 7) % 256, targets)
+    assert float(sft_loss(model, (inputs, response, mask), None, jnp.float32, None)[0]) != pytest.approx(float(loss))
+
+
+def test_dpo_loss_starts_at_log2_and_its_gradient_is_the_formulas(pretrained):
+    model, _ = load_model(pretrained)
+    chosen, rejected = (tuple(map(jnp.asarray, rows)) for rows in encode_records(
+        dpo_records(4), FinetuneConfig(stage="dpo"), BYTES, SEQ, "pairs")[0])
+    ref = (batch_logps(model, *chosen), batch_logps(model, *rejected))
+    beta = 0.5
+    batch = (*chosen, *rejected, *ref)
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(_dpo_step_loss, has_aux=True))
+    (loss, metrics), grads = value_and_grad(model, batch, None, jnp.float32, None, beta=beta)
+    assert float(loss) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(metrics["reward_margin"]) == 0 and float(metrics["accuracy"]) == 0
+    # At margin 0, d loss = -beta * sigmoid(0) / B * d(sum logp_chosen - sum logp_rejected).
+    diff = eqx.filter_jit(eqx.filter_grad(lambda m: (batch_logps(m, *chosen) - batch_logps(m, *rejected)).sum()))(model)
+    for g, d in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(diff), strict=True):
+        np.testing.assert_allclose(g, -beta * 0.5 / 4 * d, rtol=1e-4, atol=1e-7)
+    # Anywhere: d loss / d logp_chosen = -beta * sigmoid(-margin) / B, and the opposite for the rejected.
+    logps = [jnp.asarray(v) for v in np.random.default_rng(0).normal(size=(4, 3))]
+    g_chosen, g_rejected = jax.grad(lambda c, r: dpo_loss(c, r, logps[2], logps[3], beta)[0], (0, 1))(*logps[:2])
+    margin = beta * ((logps[0] - logps[2]) - (logps[1] - logps[3]))
+    np.testing.assert_allclose(g_chosen, -beta * jax.nn.sigmoid(-margin) / 3, rtol=1e-6)
+    np.testing.assert_allclose(g_rejected, beta * jax.nn.sigmoid(-margin) / 3, rtol=1e-6)
+
+
+def test_sft_lowers_the_held_out_response_loss_and_resumes_exactly(pretrained, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(32))
+    cfg = ft_config(pretrained, tmp_path, "sft", data, "--train.steps", "24", "--train.eval_every", "12",
+                    "--train.checkpoint_every", "12")
+    assert (cfg.name, cfg.run_dir, cfg.finetune.source) == ("tiny-sft", tmp_path / "sft", str(pretrained))
+    model, _ = load_model(pretrained)
+    (rows,), _ = encode_records(sft_records(32)[24:], cfg.finetune, BYTES, SEQ, "held out")
+    before = sft_validation(rows, 4)(model)["loss"]
+    summary = finetune(cfg, max_traces=1)
+    assert summary["data"] == f"{data}: 32 read, 32 used (0 truncated), 0 rejected"
+    assert summary["records"] == {"train": 24, "validation": 8}
+    assert summary["val_loss"] < before - 0.5, (before, summary["val_loss"])
+    first = read_metrics(cfg.run_dir)
+    assert {"loss", "ce", "response_tokens", "grad_norm", "lr"} <= set(first[0])
+    # Interrupted after step 12 (its last checkpoint gone): the rerun gives the uninterrupted metrics.
+    shutil.rmtree(cfg.run_dir / "checkpoints" / "24")
+    finetune(cfg)
+    again = read_metrics(cfg.run_dir)
+    assert [m["step"] for m in again] == [m["step"] for m in first]
+    for a, b in zip(again, first, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+
+
+def test_dpo_raises_held_out_preference_accuracy(pretrained, tmp_path):
+    data = write_jsonl(tmp_path / "dpo.jsonl", dpo_records(32))
+    cfg = ft_config(pretrained, tmp_path, "dpo", data, "--train.steps", "16", "--train.eval_every", "16",
+                    "--train.checkpoint_every", "16", "--finetune.beta", "0.5")
+    summary = finetune(cfg)
+    train_lines = read_metrics(cfg.run_dir, "train")
+    assert train_lines[0]["loss"] == pytest.approx(math.log(2), rel=1e-5) and train_lines[0]["accuracy"] == 0
+    assert {"reward_margin", "logp_chosen", "logp_rejected"} <= set(train_lines[0])
+    val = read_metrics(cfg.run_dir, "validation")[-1]
+    # Held-out pairs: at the start every margin is 0 (accuracy 0, loss log 2).
+    assert val["accuracy"] >= 0.75 and val["reward_margin"] > 0 and val["loss"] < math.log(2) - 0.1, val
+    assert summary["val_accuracy"] == val["accuracy"]
+
+
+def test_missing_checkpoint_or_no_usable_record_is_one_line_before_compiling(pretrained, tmp_path):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "only a prompt"}, "{broken"])
+    cases = [(["--checkpoint", str(tmp_path / "nope"), "--stage", "sft", "--data", str(empty)], "checkpoint: "),
+             (["--checkpoint", str(pretrained), "--stage", "sft", "--data", str(empty), "--out", str(tmp_path / "o")],
+              "finetune.data: no usable records in"),
+             (["--checkpoint", str(pretrained), "--stage", "dpo", "--data", str(tmp_path / "none.jsonl")],
+              "finetune.data: no such file"),
+             (["--checkpoint", str(pretrained), "--stage", "sft"], "data: required")]
+    for argv, message in cases:
+        with pytest.raises(ConfigError) as err:
+            finetune_cli.main(argv)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+    assert not (tmp_path / "o").exists()
