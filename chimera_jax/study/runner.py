@@ -7,7 +7,7 @@ A run's record is written in two stages, so a study killed at any point resumes 
 directory's newest checkpoint. A finished run trained under another config is an error, not a silent mix.
 
 Peak memory is the compiled train step's own ``memory_analysis`` (arguments + outputs - donated buffers
-+ temporaries: the bench's measure, chimera_jax/cli/bench_train.py), once per arm (it depends on shapes,
++ temporaries: the bench's measure), once per arm (it depends on shapes,
 not on the seed), so it is comparable across arms on any device, unlike the process's resident set.
 
 While a study runs, XLA's persistent compilation cache is on, in OUT/xla_cache: every seed of an arm, and
@@ -47,12 +47,15 @@ def write_json(path: Path, obj) -> None:
 
 
 def step_memory_mib(cfg: RunConfig) -> float:
-    """The compiled train step's peak memory in MiB (chimera_jax/cli/bench_train.py's ``jax_row``)."""
-    from chimera_jax.cli.bench_train import jax_row
+    """The compiled train step's peak memory in MiB on the run's mesh (train/step.py ``step_memory``: compiled for
+    shapes alone, nothing allocated or run)."""
     from chimera_jax.config import resolve_config
     from chimera_jax.tokenizer import VOCAB_SIZES
+    from chimera_jax.train.mesh import make_mesh
+    from chimera_jax.train.step import step_memory
 
-    return jax_row(resolve_config(cfg, VOCAB_SIZES[cfg.data.tokenizer]), repeats=1, steps=1)["peak_mib"]
+    cfg = resolve_config(cfg, VOCAB_SIZES[cfg.data.tokenizer])
+    return step_memory(cfg, make_mesh(cfg))["total"] / 2**20
 
 
 def check_same_config(record: dict, cfg: RunConfig, run_dir: Path) -> None:
