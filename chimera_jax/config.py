@@ -19,7 +19,7 @@ from typing import Literal
 import draccus
 from draccus.utils import ParsingError
 
-from chimera_jax.tokenizer import VOCAB_SIZES
+from chimera_jax.tokenizer import HF_PREFIX, VOCAB_SIZES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -194,13 +194,15 @@ class DataConfig:
     # Trained on instead when `corpus` has no train or validation split here (offline, no local copy);
     # the run records the corpus it used, and a resumed run keeps it.
     fallback: str | None = None
-    tokenizer: Literal["gpt2", "byte"] = "byte"
+    tokenizer: str = "byte"  # gpt2, byte, or hf:MODEL (an imported HF model's own: chimera_jax/tokenizer.py)
     seq_len: int = 128
     data_dir: str | None = None  # local copy of a hub corpus; else $CHIMERA_DATA_DIR, ../shared/data
     cache_dir: str | None = None  # token cache; else $CHIMERA_CACHE or ~/.cache/chimera_jax
 
     def __post_init__(self) -> None:
         _at_least("data", self, 1, "seq_len")
+        _require(self.tokenizer in VOCAB_SIZES or self.tokenizer.startswith(HF_PREFIX),
+                 f"data.tokenizer={self.tokenizer!r} must be one of {', '.join(VOCAB_SIZES)} or {HF_PREFIX}MODEL")
 
 
 @dataclass
@@ -301,7 +303,7 @@ class FinetuneConfig:
     pretraining; a fine-tuning run records here where it started and what it read."""
 
     stage: Literal["sft", "dpo"] = "sft"
-    source: str | None = None  # run directory of the starting checkpoint (also DPO's frozen reference)
+    source: str | None = None  # the starting run directory or HF model (also DPO's frozen reference)
     source_step: int | None = None  # its checkpoint step; None: the newest
     data: str | None = None  # a JSONL file, or an HF dataset name (tatsu-lab/alpaca, Anthropic/hh-rlhf)
     split: str = "train"  # the HF dataset's split
@@ -339,9 +341,9 @@ class RunConfig:
         m, d = self.model, self.data
         _require(m.positions != "learned" or m.max_seq_len is None or d.seq_len <= m.max_seq_len,
                  f"data.seq_len={d.seq_len} exceeds model.max_seq_len={m.max_seq_len}, the learned positions")
-        _require(m.vocab_size is None or m.vocab_size >= VOCAB_SIZES[d.tokenizer],
-                 f"model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's "
-                 f"{VOCAB_SIZES[d.tokenizer]}")
+        known = VOCAB_SIZES.get(d.tokenizer, 0)  # an HF model's tokenizer: checked once loaded (resolve_config)
+        _require(m.vocab_size is None or m.vocab_size >= known,
+                 f"model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer} tokenizer's {known}")
         _require(not m.moe.enabled or self.mesh.expert == -1 or m.moe.num_experts % self.mesh.expert == 0,
                  f"mesh.expert={self.mesh.expert} must divide model.moe.num_experts={m.moe.num_experts}")
 

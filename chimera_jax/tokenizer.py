@@ -173,11 +173,18 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 TOKENIZERS = {"gpt2": GPT2Tokenizer, "byte": ByteTokenizer}
 # Vocabulary sizes known without building a tokenizer, so configs are checked before any work.
 VOCAB_SIZES = {"gpt2": 50257, "byte": 256}
+# ``hf:SPEC``: an imported HF model's own tokenizer (SPEC: a hub name, folder, .gguf or packaged name such as
+# smollm2; chimera_jax/bridge/hf_load.py), the tokenizer of a run fine-tuned from that model.
+HF_PREFIX = "hf:"
 
 
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called ``name`` (one of ``TOKENIZERS``); one shared instance per name."""
+    """The tokenizer called ``name`` (one of ``TOKENIZERS``, or ``hf:SPEC``); one shared instance per name."""
+    if name.startswith(HF_PREFIX):
+        from chimera_jax.bridge.hf_tokenizer import as_chimera, hf_tokenizer
+
+        return as_chimera(hf_tokenizer(name), name.removeprefix(HF_PREFIX))
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(sorted(TOKENIZERS))}")
     return TOKENIZERS[name]()

@@ -1,6 +1,7 @@
 """Fine-tuning: the template's masks and bad-record counts, the SFT and DPO losses against hand-written oracles,
-SFT and DPO runs through the training loop (loss falls, held-out preference accuracy rises, exact resume), and
-one-line errors before anything compiles."""
+SFT and DPO runs through the training loop (loss falls, held-out preference accuracy rises, exact resume), runs
+started from an imported HF model and read from an HF dataset folder (the same numbers as from the run and JSONL),
+and one-line errors before anything compiles."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ import numpy as np
 import pytest
 from conftest import TINY_YAML
 
+from chimera_jax.bridge.convert import export_run
 from chimera_jax.cli import finetune as finetune_cli
 from chimera_jax.config import ConfigError, FinetuneConfig, load_config
+from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.eval.run import evaluate_checkpoint
 from chimera_jax.finetune.data import TEMPLATE, encode_records, read_records, step_rows
 from chimera_jax.finetune.losses import _dpo_step_loss, batch_logps, dpo_loss, sft_loss
 from chimera_jax.finetune.stage import finetune, finetune_config, sft_validation
+from chimera_jax.generate.engine import Generator
 from chimera_jax.tokenizer import get_tokenizer
 from chimera_jax.train.checkpoint import load_model
 from chimera_jax.train.loop import train
@@ -34,14 +39,30 @@ WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "maple",
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, token_cache) -> Path:
-    """A tiny run (d_model 32, seq 64, byte tokenizer) trained a few steps on BBC News: the starting checkpoint."""
+    """A tiny run (d_model 32, seq 64, byte tokenizer) trained a few steps on BBC News: the starting checkpoint.
+    Its positions are learned, so its GPT-2 export (``exported``) has exactly its parameters."""
     folder = tmp_path_factory.mktemp("pretrained")
     (folder / "tiny.yaml").write_text(TINY_YAML)
     cfg = load_config(folder / "tiny.yaml", ["--data.cache_dir", str(token_cache), "--data.seq_len", str(SEQ),
+                                             "--model.positions", "learned",
                                              "--train.run_dir", str(folder / "run"), "--train.steps", "4",
                                              "--train.eval_batches", "1"])
     train(cfg)
     return cfg.run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(pretrained, tmp_path_factory) -> Path:
+    """The pretrained run as an HF folder (bridge/convert.py: GPT-2 config.json, safetensors, its byte tokenizer)."""
+    return export_run(pretrained, tmp_path_factory.mktemp("hf") / "tiny-hf")
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """``datasets`` writes its Arrow cache under tmp_path, not the user's HF cache."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    return datasets
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -206,4 +227,91 @@ def test_missing_checkpoint_or_no_usable_record_is_one_line_before_compiling(pre
         with pytest.raises(ConfigError) as err:
             finetune_cli.main(argv)
         assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_run(
+        pretrained, exported, datasets_cache, token_cache, tmp_path):
+    """The same model (imported from its HF export) on the same records (a parquet dataset folder with other field
+    names): the same losses and gradient norms, step by step, and a run that loads, evaluates and generates with
+    the HF folder's tokenizer."""
+    records = sft_records(16)
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    datasets_cache.Dataset.from_list([{"instruction": r["prompt"], "output": r["response"]} for r in records]
+                                     ).to_parquet(str(folder / "train.parquet"))
+    steps = ("--train.steps", "2", "--train.eval_every", "2", "--train.checkpoint_every", "2")
+    from_run = ft_config(pretrained, tmp_path / "run", "sft", write_jsonl(tmp_path / "sft.jsonl", records), *steps)
+    from_hf = ft_config(exported, tmp_path / "hf", "sft", folder, *steps, "--data.seq_len", str(SEQ),
+                        "--data.cache_dir", str(token_cache), "--finetune.prompt_field", "instruction",
+                        "--finetune.response_field", "output")
+    assert (from_hf.name, from_hf.data.tokenizer) == ("tiny-hf-sft", f"hf:{exported.resolve()}")
+    assert from_hf.data.tokenizer != from_run.data.tokenizer == "byte"
+    summaries = finetune(from_run), finetune(from_hf)
+    assert summaries[1]["data"] == f"{folder}: 16 read, 16 used (0 truncated), 0 rejected"
+    assert summaries[1]["val_loss"] == pytest.approx(summaries[0]["val_loss"], rel=1e-5)
+    ours, theirs = (read_metrics(cfg.run_dir, "train") for cfg in (from_run, from_hf))
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs, strict=True):
+        for key in ("loss", "ce", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
+
+    (model_run, _), (model_hf, cfg_hf) = load_model(from_run.run_dir), load_model(from_hf.run_dir)
+    assert cfg_hf.data.tokenizer == from_hf.data.tokenizer
+    tokens = jnp.asarray([BYTES.encode(TEMPLATE.format(prompt="Name item 3."))])
+    np.testing.assert_allclose(model_hf(tokens, inference=True)[0], model_run(tokens, inference=True)[0], atol=1e-4)
+    protocol = EvalProtocol(split="validation", max_windows=2, batch_size=2)
+    evals = [evaluate_checkpoint(cfg.run_dir, protocol) for cfg in (from_run, from_hf)]
+    assert evals[1]["bits_per_byte"] == pytest.approx(evals[0]["bits_per_byte"], rel=1e-5)
+    prompt = TEMPLATE.format(prompt="Name item 3.")
+    texts = [Generator.from_run(cfg.run_dir).generate(prompt, max_new_tokens=6).texts for cfg in (from_run, from_hf)]
+    assert texts[1] == texts[0]
+
+
+def test_dpo_from_the_hf_folder_takes_it_as_the_reference(exported, tmp_path):
+    data = write_jsonl(tmp_path / "dpo.jsonl", dpo_records(8))
+    cfg = ft_config(exported, tmp_path, "dpo", data, "--train.steps", "1", "--train.eval_every", "1",
+                    "--train.checkpoint_every", "1", "--data.seq_len", str(SEQ))
+    finetune(cfg)
+    first = read_metrics(cfg.run_dir, "train")[0]
+    # The policy starts as the reference: every margin is 0.
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-5) and first["accuracy"] == 0, first
+    assert first["reward_margin"] == 0
+
+
+def test_an_hf_dataset_folder_or_file_is_read_by_split_offline(datasets_cache, tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    splits = {"train": dpo_records(6), "validation": dpo_records(9)[6:]}
+    for split, records in splits.items():
+        datasets_cache.Dataset.from_list(records).to_parquet(str(folder / f"{split}.parquet"))
+    assert read_records(str(folder), "validation", None) == splits["validation"]
+    assert read_records(str(folder), "train", 4) == splits["train"][:4]
+    assert read_records(str(folder / "validation.parquet"), "train", None) == splits["validation"]  # a file: train
+    cases = [(str(folder), "test", "finetune.data: loading .* as an HF dataset failed: Unknown split"),
+             (str(tmp_path / "none.parquet"), "train", "finetune.data: no such file"),
+             ("no-such-org/no-such-dataset", "train", "finetune.data: loading .* as an HF dataset failed")]
+    for source, split, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            read_records(source, split, None)
+        assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_neither_a_run_nor_an_hf_model_is_one_line_before_compiling(exported, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(4))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    reasons = {tmp_path / "empty": "Unrecognized model", tmp_path / "bert": "cannot import HF model_type 'bert'",
+               tmp_path / "nope.gguf": "no such GGUF file", "no-such-org/no-such-model": "couldn't connect"}
+    for spec, reason in reasons.items():
+        with pytest.raises(ConfigError) as err:
+            finetune_cli.main(["--checkpoint", str(spec), "--stage", "sft", "--data", str(data), "--out",
+                               str(tmp_path / "o")])
+        message = str(err.value)
+        assert message.startswith(f"checkpoint: {spec} is neither a run directory") and "\n" not in message, message
+        assert reason in message, message
+    with pytest.raises(ConfigError, match="finetune.source_step=3: .* is an HF model, not a run"):
+        finetune_cli.main(["--checkpoint", str(exported), "--stage", "sft", "--data", str(data), "--out",
+                           str(tmp_path / "o"), "--finetune.source_step", "3"])
     assert not (tmp_path / "o").exists()

@@ -9,8 +9,6 @@ its own tokenizer through ``HFTokenizer``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from chimera_jax.bridge.torch_utils import require
@@ -38,7 +36,7 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
     """``(torch model, resolved protocol, stream)`` for a chimera run directory or an HF model ``spec``."""
     from chimera_jax import data
     from chimera_jax.bridge.hf_load import is_run_dir, load_hf, run_model_as_hf
-    from chimera_jax.bridge.hf_tokenizer import HFTokenizer, fingerprint
+    from chimera_jax.bridge.hf_tokenizer import as_chimera
     from chimera_jax.bridge.torch_utils import default_device
     from chimera_jax.config import ConfigError, DataConfig
 
@@ -52,7 +50,7 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
         model = run_model_as_hf(run.model, run.config).to(device or default_device(), getattr(torch, dtype)).eval()
         return model, run.protocol, run.stream
     model, hf_tok = load_hf(spec, device, dtype)
-    tokenizer = HFTokenizer(hf_tok, f"{Path(spec).name}-{fingerprint(hf_tok)}")
+    tokenizer = as_chimera(hf_tok, spec)
     protocol = protocol.resolved(corpus=None, tokenizer=tokenizer.name, seq_len=None)
     n_positions = getattr(model.config, "n_positions", None)  # learned position tables (GPT-2) cannot extrapolate
     if n_positions and protocol.seq_len > n_positions:

@@ -40,6 +40,24 @@ def pretrained_args(spec: str) -> tuple[str, dict]:
     return (str(path) if path.exists() else spec), {}
 
 
+def recorded_spec(spec: str) -> str:
+    """``spec`` as a config records it: a local folder or file made absolute, so it loads from any directory."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if spec not in PACKAGED_GGUF and path.exists() else spec
+
+
+def load_hf_config(spec: str):
+    """An HF model's config, without its weights (a GGUF file's from its metadata)."""
+    source, extra = pretrained_args(spec)
+    return require("transformers").AutoConfig.from_pretrained(source, trust_remote_code=False, **extra)
+
+
+def load_hf_tokenizer(spec: str):
+    """An HF model's own tokenizer, without its weights."""
+    source, extra = pretrained_args(spec)
+    return require("transformers").AutoTokenizer.from_pretrained(source, trust_remote_code=False, **extra)
+
+
 def is_run_dir(spec: str) -> bool:
     """A chimera training run (holds ``checkpoints/``), as opposed to an HF model."""
     return (Path(spec).expanduser() / "checkpoints").is_dir()
@@ -74,7 +92,7 @@ def load_hf(spec: str, device: str | None = None, dtype: str = "float32"):
         return model.to(device or default_device(), getattr(torch, dtype)).eval(), tokenizer
     source, extra = pretrained_args(spec)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=False, **extra)
+        tokenizer = load_hf_tokenizer(spec)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source, dtype=getattr(torch, dtype), trust_remote_code=False, **extra)
     except OSError as err:

@@ -16,11 +16,12 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from chimera_jax.bridge.torch_utils import require
-from chimera_jax.tokenizer import GPT2_EOS, TokenIds, gpt2_data_files, gpt2_encoding
+from chimera_jax.tokenizer import GPT2_EOS, HF_PREFIX, TokenIds, gpt2_data_files, gpt2_encoding
 
 
 def _gpt2():
@@ -49,7 +50,12 @@ BUILDERS = {"gpt2": _gpt2, "byte": _byte}
 
 
 def hf_tokenizer(name: str):
-    """The HF tokenizer that gives the same ids as ``chimera_jax.tokenizer.get_tokenizer(name)``."""
+    """The HF tokenizer that gives the same ids as ``chimera_jax.tokenizer.get_tokenizer(name)``: one of ours
+    rebuilt, or an imported model's own (``hf:SPEC``)."""
+    if name.startswith(HF_PREFIX):
+        from chimera_jax.bridge.hf_load import load_hf_tokenizer
+
+        return load_hf_tokenizer(name.removeprefix(HF_PREFIX))
     if name not in BUILDERS:
         raise ValueError(f"no HF tokenizer for {name!r}; known: {', '.join(BUILDERS)}")
     return BUILDERS[name]()
@@ -109,3 +115,9 @@ class HFTokenizer:
             else:
                 lengths[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
         return lengths
+
+
+def as_chimera(hf_tok, spec: str) -> HFTokenizer:
+    """The HF model ``spec``'s tokenizer as ours, named by the model and its ids' fingerprint (the token cache's
+    key, so a cached stream follows the tokenizer itself)."""
+    return HFTokenizer(hf_tok, f"{Path(spec).name}-{fingerprint(hf_tok)}")

@@ -92,27 +92,43 @@ def text_field(record: object, name: str) -> str:
     return record[name]
 
 
+# Files that ``datasets.load_dataset`` reads by its builder of that name; any other file is read as JSONL.
+DATASET_FILES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
 def read_records(source: str, split: str, limit: int | None) -> list[object]:
-    """The raw records of a JSONL file (a line that is not JSON kept as None, to be counted), or of an HF dataset
-    by name or folder (``datasets.load_dataset``; a name needs the network or the HF cache)."""
+    """The raw records of a JSONL file, or of an HF dataset (``read_dataset``): a folder, a parquet / csv / arrow
+    file, or a hub name."""
     path = Path(source)
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()][:limit]
-        records = []
-        for line in lines:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                records.append(None)
-        return records
-    if path.suffix in (".jsonl", ".json"):
+    if path.is_file() and path.suffix not in DATASET_FILES:
+        return read_jsonl(path, limit)
+    if path.suffix in (".jsonl", ".json", *DATASET_FILES) and not path.exists():
         raise ConfigError(f"finetune.data: no such file {source}")
+    return read_dataset(source, split, limit)
+
+
+def read_jsonl(path: Path, limit: int | None) -> list[object]:
+    """One record a line; a line that is not JSON is kept as None, to be counted as rejected."""
+    records = []
+    for line in [line for line in path.read_text().splitlines() if line.strip()][:limit]:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            records.append(None)
+    return records
+
+
+def read_dataset(source: str, split: str, limit: int | None) -> list[object]:
+    """``split`` of ``datasets.load_dataset``: a local folder (its files' format and splits inferred, as for a hub
+    dataset) or file (its one split is ``train``) works offline, a name needs the network or the HF cache."""
+    path = Path(source)
+    args, kwargs = ((DATASET_FILES[path.suffix],), {"data_files": str(path)}) if path.is_file() else ((source,), {})
     try:
         import datasets
 
-        dataset = datasets.load_dataset(source, split=split)
+        dataset = datasets.load_dataset(*args, split=split, **kwargs)
     except Exception as err:  # noqa: BLE001 - offline, unknown name, bad split: all one line for the user
-        raise ConfigError(f"finetune.data: {source} is not a file, and loading it as an HF dataset failed: "
+        raise ConfigError(f"finetune.data: loading {source} (split {split}) as an HF dataset failed: "
                           f"{' '.join(str(err).split())}") from None
     return list(dataset.select(range(min(limit, len(dataset)))) if limit else dataset)
 

@@ -1,5 +1,11 @@
-"""A fine-tuning run: a trained run's model, tokenizer and config, trained further by the training loop on SFT or
-DPO records (train/loop.py ``run``: the same checkpoints, metrics, TensorBoard and exact resume as pretraining).
+"""A fine-tuning run: a trained run's model, tokenizer and config, or an imported HF model with its own tokenizer,
+trained further by the training loop on SFT or DPO records (train/loop.py ``run``: the same checkpoints, metrics,
+TensorBoard and exact resume as pretraining).
+
+An HF model (a hub name, a folder with config.json and weights, a ``.gguf`` file or ``smollm2``:
+bridge/hf_load.py) becomes our Decoder (bridge/convert.py ``from_hf``); the run's config takes the model config
+from the HF config and names the model's tokenizer ``hf:SPEC`` (chimera_jax/tokenizer.py), so the fine-tuned run
+loads, evaluates and generates like any run. Its other settings are the defaults (``RunConfig``) and the flags.
 
 For DPO the frozen reference is the starting model: its log-probabilities of every record's chosen and
 rejected responses are computed once, before training, and travel in the batches.
@@ -19,10 +25,21 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from chimera_jax.config import ConfigError, RunConfig, load_config, replace, resolve_config, to_yaml
+from chimera_jax.bridge.hf_load import is_run_dir, load_hf, load_hf_config, recorded_spec
+from chimera_jax.config import (
+    ConfigError,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    RunConfig,
+    load_config,
+    replace,
+    resolve_config,
+    to_yaml,
+)
 from chimera_jax.finetune.data import Rows, encode_records, read_records, split_validation, step_rows
 from chimera_jax.finetune.losses import SFT_LOSS, batch_logps, dpo_loss, dpo_step_loss
-from chimera_jax.tokenizer import get_tokenizer
+from chimera_jax.tokenizer import HF_PREFIX, get_tokenizer
 from chimera_jax.train.checkpoint import CheckpointError, load_model, load_run_config
 from chimera_jax.train.distributed import initialize
 from chimera_jax.train.loop import Objective, run
@@ -33,26 +50,54 @@ from chimera_jax.train.state import TrainerState
 log = logging.getLogger(__name__)
 
 
-def check_source(source: str | Path | None) -> None:
-    if source is None:
-        raise ConfigError("checkpoint: no run to start from (--checkpoint RUN, finetune.source)")
-    if not (Path(source) / "checkpoints").is_dir():
-        raise ConfigError(f"checkpoint: {source} is not a run directory (no checkpoints/ in it)")
+def imported_config(spec: str) -> ModelConfig:
+    """The ModelConfig of the HF model ``spec``, read from its config alone (no weights)."""
+    from chimera_jax.bridge.convert import config_from_hf
+
+    try:
+        return config_from_hf(load_hf_config(spec))
+    except (OSError, ValueError) as err:  # no such folder, file or hub name; not a model; not GPT-2 or Llama
+        raise ConfigError(f"checkpoint: {spec} is neither a run directory (no checkpoints/ in it) nor an HF model "
+                          f"to import: {' '.join(str(err).split())}") from None
+
+
+def source_config(source: str) -> RunConfig:
+    """The config a fine-tuning run starts from: a run's own, or, for an HF model, its model config and tokenizer
+    under the defaults (the window no longer than the model's positions), named after the model."""
+    if is_run_dir(source):
+        try:
+            return load_run_config(source)
+        except CheckpointError as err:
+            raise ConfigError(f"checkpoint: {err}") from None
+    spec = recorded_spec(source)
+    model = imported_config(spec)
+    data = DataConfig(tokenizer=HF_PREFIX + spec, seq_len=min(DataConfig.seq_len, model.max_seq_len))
+    return RunConfig(name=Path(spec).name.removesuffix(".gguf"), model=model, data=data)
+
+
+def check_source(ft: FinetuneConfig) -> None:
+    """A one-line error, before any data is read, for a source that is neither a run nor an HF model to import."""
+    if ft.source is None:
+        raise ConfigError("checkpoint: no run or HF model to start from (--checkpoint RUN|MODEL, finetune.source)")
+    if not is_run_dir(ft.source):
+        if ft.source_step is not None:
+            raise ConfigError(f"finetune.source_step={ft.source_step}: {ft.source} is an HF model, not a run")
+        imported_config(ft.source)
 
 
 def finetune_config(source: str | Path, stage: str, data: str, out: str | Path | None = None,
                     overrides: Sequence[str] = ()) -> RunConfig:
-    """The fine-tuning run's config: the source run's (its model, tokenizer, optimizer and train settings), named
-    ``<name>-<stage>``, in ``out`` (default: the source's directory + ``-sft`` / ``-dpo``), with the dotted
-    ``overrides`` (``--train.steps 200``, ``--finetune.beta 0.2``) applied last."""
-    check_source(source)
-    try:
-        base = load_run_config(source)
-    except CheckpointError as err:
-        raise ConfigError(f"checkpoint: {err}") from None
-    out = Path(out) if out is not None else Path(f"{str(source).rstrip('/')}-{stage}")
-    cfg = replace(base, name=f"{base.name}-{stage}", train=replace(base.train, run_dir=str(out)),
-                  finetune=replace(base.finetune, stage=stage, source=str(source), data=str(data)))
+    """The fine-tuning run's config: the source run's (its model, tokenizer, optimizer and train settings) or an HF
+    model's (``source_config``), named ``<name>-<stage>``, in ``out`` (default: a run's directory + ``-sft`` /
+    ``-dpo``, ``checkpoints/<name>-<stage>`` for an HF model), with the dotted ``overrides`` (``--train.steps 200``,
+    ``--finetune.beta 0.2``) applied last."""
+    source = str(source)
+    base = source_config(source)
+    name = f"{base.name}-{stage}"
+    if out is None:
+        out = f"{source.rstrip('/')}-{stage}" if is_run_dir(source) else Path("checkpoints") / name
+    cfg = replace(base, name=name, train=replace(base.train, run_dir=str(out)),
+                  finetune=replace(base.finetune, stage=stage, source=source, data=str(data)))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "finetune.yaml"
         path.write_text(to_yaml(cfg))
@@ -64,6 +109,16 @@ def starting_state(model: eqx.Module, cfg: RunConfig, optimizer: optax.GradientT
     _, k_train = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
     return TrainerState(model=model, opt_state=optimizer.init(trainable(model)), step=jnp.asarray(0, jnp.int32),
                         key=k_train)
+
+
+def starting_model(ft: FinetuneConfig) -> eqx.Module:
+    """The model to fine-tune, also DPO's reference: the run's checkpoint, or the HF model imported (float32)."""
+    if is_run_dir(ft.source):
+        return load_model(ft.source, ft.source_step)[0]
+    from chimera_jax.bridge.convert import from_hf
+
+    hf_model, _ = load_hf(ft.source, device="cpu")
+    return from_hf(hf_model)[0]
 
 
 def padded_chunks(arrays: Sequence[np.ndarray], size: int):
@@ -112,7 +167,7 @@ def finetune(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[ja
     ``cfg.run_dir``, continuing from its newest checkpoint if there is one. The records are read and checked
     (``DataReport``) before the model loads or anything compiles."""
     ft, tc = cfg.finetune, cfg.train
-    check_source(ft.source)
+    check_source(ft)
     if ft.data is None:
         raise ConfigError("finetune.data: no records to train on (--data FILE.jsonl or an HF dataset name)")
     initialize(cfg.distributed)
@@ -123,7 +178,7 @@ def finetune(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[ja
     log.info("%s", report.line())
     cfg = resolve_config(cfg, tokenizer.vocab_size)
     mesh = make_mesh(cfg, devices)
-    model, _ = load_model(ft.source, ft.source_step)
+    model = starting_model(ft)
     n, count = len(train_rows[0].inputs), tc.grad_accum * tc.batch_size
     if ft.stage == "sft":
         arrays, loss = tuple(train_rows[0]), SFT_LOSS
