@@ -53,7 +53,7 @@ def evaluate(batch_nll: BatchNLL, stream: TokenStream, protocol: EvalProtocol, p
 
 
 @eqx.filter_jit
-def _batch_nll(model, inputs, targets, weights):
+def model_batch_nll(model, inputs, targets, weights):
     logits, _ = model(inputs, inference=True)
     return jnp.sum(token_nll(logits, targets) * weights)
 
@@ -62,7 +62,7 @@ def evaluate_model(model: eqx.Module, stream: TokenStream, protocol: EvalProtoco
     """``evaluate`` for one of our models, in JAX: one forward pass per window batch, or, when the protocol
     sets a ``window``, decoding through a rolling KV cache (eval/streaming.py)."""
     if protocol.window is None:
-        batch_nll = functools.partial(_batch_nll, model)
+        batch_nll = functools.partial(model_batch_nll, model)
     else:
         batch_nll = streaming_nll(model, CacheLayout(protocol.window, protocol.sink_tokens))
     return evaluate(batch_nll, stream, protocol, progress)

@@ -19,7 +19,9 @@ marks right padding, so prompts of different lengths share one batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,20 +90,45 @@ REMAT_POLICIES = {
 }
 
 
+# How each layer's weights are placed while that layer runs in the scan (``placing_layers``).
+_PLACE_LAYER: ContextVar[Callable[[Any], Any] | None] = ContextVar("place_layer", default=None)
+
+
+@contextmanager
+def placing_layers(place: Callable[[Any], Any] | None) -> Iterator[None]:
+    """Within this context, ``scan_layers`` passes each layer's slice of the stacked weights through ``place``
+    before the layer runs: a train step on an fsdp mesh gathers one layer's weights at a time (train/mesh.py), as
+    Levanter's axis mapping context does for its scanned layers."""
+    token = _PLACE_LAYER.set(place)
+    try:
+        yield
+    finally:
+        _PLACE_LAYER.reset(token)
+
+
+def _all_but_placed(prim, *_, **__) -> bool:
+    """Remat policy: save all the backward pass needs but placed (resharded) values, a layer's gathered weights:
+    the backward pass gathers each layer's weights again, where saving them would keep every layer's."""
+    return prim.name != "sharding_constraint"
+
+
 def scan_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, dict]], stacked: Any,
                 x: Array, n: int, key: PRNGKeyArray | None, unroll: int = 1,
                 remat: str = "none") -> tuple[Array, dict]:
     """Run ``step(layer_params, x, key)`` over a leading layer axis with ``jax.lax.scan``, ``unroll``
-    layers per loop step (``ModelConfig.scan_unroll``), rematerialised as ``remat`` says (``ModelConfig.remat``)."""
+    layers per loop step (``ModelConfig.scan_unroll``), rematerialised as ``remat`` says (``ModelConfig.remat``),
+    each layer's params placed inside the loop as ``placing_layers`` says."""
     keys = jax.random.split(key, n) if key is not None else None
+    place = _PLACE_LAYER.get()
 
     def body(h, xs):
         params, k = xs
-        return step(params, h, k)
+        return step(params if place is None else place(params), h, k)
 
-    if remat != "none":
+    if remat != "none" or place is not None:
         # prevent_cse=False: inside a scan the recomputation cannot be merged with the forward pass anyway
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+        policy = REMAT_POLICIES[remat] if remat != "none" else _all_but_placed
+        body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     return jax.lax.scan(body, x, (stacked, keys), unroll=max(1, min(unroll, n)))
 
 

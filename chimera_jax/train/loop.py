@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 
 import equinox as eqx
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from chimera_jax import data
 from chimera_jax.config import RunConfig, replace, resolve_config, to_yaml
-from chimera_jax.eval.perplexity import evaluate_model
+from chimera_jax.eval.perplexity import evaluate, model_batch_nll
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.params import format_report, param_report
+from chimera_jax.models.transformer import placing_layers
 from chimera_jax.tokenizer import get_tokenizer
 from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_run_config
 from chimera_jax.train.distributed import initialize, is_primary
-from chimera_jax.train.mesh import make_mesh, place_batch, shard_state
+from chimera_jax.train.mesh import layer_placement, make_mesh, place_batch, place_rows, shard_state
 from chimera_jax.train.metrics import MetricsLogger
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import TrainerState, init_state
@@ -45,6 +47,16 @@ def validation_protocol(cfg: RunConfig) -> EvalProtocol:
     validation split, so ``chimera_jax.eval.run.evaluate_checkpoint`` with this protocol reproduces it."""
     return EvalProtocol(split="validation", stride=cfg.data.seq_len, batch_size=cfg.train.batch_size,
                         max_windows=cfg.train.eval_batches * cfg.train.batch_size).resolved_for(cfg)
+
+
+def validate_on_mesh(model: eqx.Module, stream: data.TokenStream, protocol: EvalProtocol, mesh: Mesh) -> dict:
+    """``evaluate_model`` of a model placed on ``mesh`` (full-attention windows): each window batch split by rows
+    over the devices and each layer gathered, as in the train step."""
+    def batch_nll(*arrays: np.ndarray) -> jax.Array:
+        return model_batch_nll(model, *(place_rows(array, mesh) for array in arrays))
+
+    with jax.set_mesh(mesh), placing_layers(layer_placement(mesh)):
+        return evaluate(batch_nll, stream, protocol)
 
 
 def recorded_corpus(cfg: RunConfig) -> str | None:
@@ -91,7 +103,7 @@ def train(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.D
     tc = cfg.train
     objective = Objective(
         loss=LM_LOSS, batch=lambda step: place_batch(train_tokens, cfg, step, mesh),
-        validate=lambda model: evaluate_model(model, val_stream, val_protocol),
+        validate=lambda model: validate_on_mesh(model, val_stream, val_protocol, mesh),
         val_keys=("loss", "perplexity", "bits_per_byte"),
         tokens_per_step=tc.batch_size * tc.grad_accum * cfg.data.seq_len,
         init=lambda optimizer: init_state(cfg, optimizer), summary={"corpus": cfg.data.corpus})

@@ -3,14 +3,16 @@
 The mesh has three axes (``MeshConfig``): ``data`` and ``expert`` and ``fsdp`` all split the batch; ``fsdp``
 also splits every matrix and its optimizer moments, and ``expert`` each MoE layer's experts. A parameter's
 placement is read from its names, as Levanter's axis mapping or MaxText's logical axis rules do, with the
-two tables below; XLA's SPMD partitioner then inserts the collectives (the gathers of fsdp-split weights
-for the step's compute copy, the exchange of tokens with the expert shards, the gradient reductions).
+two tables below; XLA's SPMD partitioner then inserts the collectives (the gathers of fsdp-split weights,
+one layer at a time inside the layer scan, the exchange of tokens with the expert shards, the gradient
+reductions).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -26,10 +28,11 @@ from chimera_jax.models.roles import is_matrix
 AXES = ("data", "fsdp", "expert")
 BATCH_AXES = AXES  # every device holds different rows of the batch
 
+STACKED = "groups"  # the attribute holding a stack's layers, gathered one layer at a time (``layer_placement``)
 # The leading axes a parameter gets from an attribute on its path, in path order, and the mesh axis each is
 # split over (None: every device holds all of it).
 LEADING_AXES: dict[str, str | None] = {
-    "groups": None,  # ScannedStack: layers stacked on axis 0; fsdp splits within each layer instead
+    STACKED: None,  # ScannedStack: layers stacked on axis 0; fsdp splits within each layer instead
     "experts": "expert",  # MoE: experts stacked on the next axis
 }
 # Matrices (roles.py) also split their largest other dimension that divides evenly over this axis; the
@@ -91,16 +94,39 @@ def state_shardings(state, mesh: Mesh):
     return jax.tree_util.tree_map(place, state, is_leaf=lambda node: isinstance(node, model_type))
 
 
+def _gathered(spec: P) -> P:
+    return P(*(None if axis == MATRIX_AXIS else axis for axis in spec))
+
+
+def _in_stack(path: Sequence) -> bool:
+    return any(isinstance(k, jax.tree_util.GetAttrKey) and k.name == STACKED for k in path)
+
+
 def compute_shardings(model, mesh: Mesh):
-    """Where the train step's compute copy of the parameters lives: as stored, less the fsdp split. Each step
-    gathers the fsdp shards (and reduce-scatters their gradients), so the activations stay split by rows of
-    the batch alone, while the experts stay split over the expert axis and the tokens travel to them."""
+    """Where the train step's compute copy of the parameters lives: the stacked layers as stored (each layer is
+    gathered when it runs: ``layer_placement``), everything else less the fsdp split (gathered once per step, its
+    gradients reduced back to the split). The experts stay split over the expert axis and the tokens travel to them."""
 
-    def gathered(path, x):
+    def place(path, x):
         spec = param_spec(path, x.shape, mesh)
-        return NamedSharding(mesh, P(*(None if axis == MATRIX_AXIS else axis for axis in spec)))
+        return NamedSharding(mesh, spec if _in_stack(path) else _gathered(spec))
 
-    return jax.tree_util.tree_map_with_path(gathered, eqx.filter(model, is_param))
+    return jax.tree_util.tree_map_with_path(place, eqx.filter(model, is_param))
+
+
+def layer_placement(mesh: Mesh) -> Callable[[Any], Any] | None:
+    """How the layer scan places each layer's slice of the stacked weights while that layer runs (the models'
+    ``placing_layers``): gathered over fsdp for that layer alone, so the whole gathered model is never live. The
+    backward pass gathers each layer again and reduces its gradients back to their split. None without fsdp."""
+    if mesh.shape[MATRIX_AXIS] == 1:
+        return None
+
+    def gather(layer):
+        whole = jax.tree_util.tree_map_with_path(
+            lambda path, x: NamedSharding(mesh, _gathered(param_spec(path, x.shape, mesh))), layer)
+        return jax.lax.with_sharding_constraint(layer, whole)
+
+    return gather
 
 
 def shard_state(state, mesh: Mesh):
@@ -111,6 +137,12 @@ def shard_state(state, mesh: Mesh):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Batches ``[grad_accum, batch, T]``: rows split over every axis, each micro-batch over all devices."""
     return NamedSharding(mesh, P(None, BATCH_AXES))
+
+
+def place_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A host array that every process holds whole (an evaluation batch), placed with its rows split over every
+    device, as training batches are."""
+    return jax.make_array_from_callback(array.shape, NamedSharding(mesh, P(BATCH_AXES)), lambda index: array[index])
 
 
 def place_batch(tokens: np.ndarray, cfg: RunConfig, step: int, mesh: Mesh) -> tuple[jax.Array, jax.Array]:

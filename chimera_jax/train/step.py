@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -11,12 +12,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from jax.typing import DTypeLike
+from jax.typing import ArrayLike, DTypeLike
 
 from chimera_jax.config import RunConfig
 from chimera_jax.models.params import is_param
+from chimera_jax.models.transformer import placing_layers
 from chimera_jax.train.loss import head_cross_entropy
-from chimera_jax.train.mesh import batch_sharding, compute_shardings, shard_state, state_shardings
+from chimera_jax.train.mesh import batch_sharding, compute_shardings, layer_placement, shard_state, state_shardings
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import TrainerState, init_state
 
@@ -74,25 +76,13 @@ def _lm_loss(model, batch, key, compute_dtype, mesh):
 LM_LOSS = Loss(_lm_loss, (1, 1))  # pretraining: batches (inputs, targets)
 
 
-def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    max_traces: int | None = None, donate: bool = False, mesh: Mesh | None = None,
-                    loss: Loss = LM_LOSS) -> Callable:
-    """Build ``train_step(state, *batch) -> (new_state, metrics)`` minimising ``loss`` (default: pretraining's, on
-    ``batch = (inputs, targets)``); each batch array is ``[grad_accum * batch, ...]`` or ``[grad_accum, batch, ...]``.
-
-    A step whose loss is not finite returns the state unchanged (metrics still report the loss), so the
-    caller can save the last good state even when ``donate`` is on.
-
-    ``donate`` hands the state's buffers to the step, which then updates parameters and optimizer moments
-    in place instead of allocating a second copy of the state. The state passed in is unusable
-    afterwards; the training loop donates.
-    ``max_traces`` wraps the step in ``eqx.debug.assert_max_traces`` (tests prove it compiles once).
-    On ``mesh`` (the state and batch placed there, train/mesh.py), the new state keeps the old one's shardings
-    (so donation can reuse its buffers) and the metrics are replicated: every process can read them.
-    """
+def _step_function(cfg: RunConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                   mesh: Mesh | None, loss: Loss) -> Callable:
+    """The train step before jit (``make_train_step`` says what it does)."""
     compute_dtype = jnp.bfloat16 if cfg.train.precision == "bf16" else jnp.float32
     accum = cfg.train.grad_accum
     grad_fn = eqx.filter_value_and_grad(loss.fn, has_aux=True)
+    place = None if mesh is None else layer_placement(mesh)
 
     def step(state: TrainerState, *batch: jax.Array):
         key = jax.random.fold_in(state.key, state.step)
@@ -100,8 +90,9 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
                                                                                           strict=True))
 
         def micro(i):
-            (_, metrics), grads = grad_fn(state.model, tuple(x[i] for x in micro_batch), jax.random.fold_in(key, i),
-                                          compute_dtype, mesh)
+            with placing_layers(place):  # the layer scan gathers one layer at a time
+                (_, metrics), grads = grad_fn(state.model, tuple(x[i] for x in micro_batch),
+                                              jax.random.fold_in(key, i), compute_dtype, mesh)
             return grads, metrics
 
         if accum == 1:
@@ -129,13 +120,38 @@ def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, sch
             new_state, metrics = shard_state(new_state, mesh), eqx.filter_shard(metrics, NamedSharding(mesh, P()))
         return new_state, metrics
 
+    return step
+
+
+def make_train_step(cfg: RunConfig, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    max_traces: int | None = None, donate: bool = False, mesh: Mesh | None = None,
+                    loss: Loss = LM_LOSS) -> Callable:
+    """Build ``train_step(state, *batch) -> (new_state, metrics)`` minimising ``loss`` (default: pretraining's, on
+    ``batch = (inputs, targets)``); each batch array is ``[grad_accum * batch, ...]`` or ``[grad_accum, batch, ...]``.
+
+    A step whose loss is not finite returns the state unchanged (metrics still report the loss), so the
+    caller can save the last good state even when ``donate`` is on.
+
+    ``donate`` hands the state's buffers to the step, which then updates parameters and optimizer moments
+    in place instead of allocating a second copy of the state. The state passed in is unusable
+    afterwards; the training loop donates.
+    ``max_traces`` wraps the step in ``eqx.debug.assert_max_traces`` (tests prove it compiles once).
+    On ``mesh`` (the state and batch placed there, train/mesh.py), the step is traced and run under
+    ``jax.set_mesh(mesh)`` (code inside may name the mesh's axes, e.g. in ``shard_map``), the new state keeps the
+    old one's shardings (so donation can reuse its buffers) and the metrics are replicated: every process can read
+    them.
+    """
+    step = _step_function(cfg, optimizer, schedule, mesh, loss)
     if max_traces is not None:
         step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
-    if not donate:
-        return eqx.filter_jit(step)
-    # filter_jit donates every argument but the first: put the batch first, so only the state is donated.
-    batch_first = eqx.filter_jit(lambda batch, state: step(state, *batch), donate="all-except-first")
-    return lambda state, *batch: batch_first(batch, state)
+    # filter_jit donates every argument but the first: the batch goes first, so only the state is donated.
+    jitted = eqx.filter_jit(lambda batch, state: step(state, *batch), donate="all-except-first" if donate else "none")
+
+    def train_step(state: TrainerState, *batch: ArrayLike):
+        with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+            return jitted(batch, state)
+
+    return train_step
 
 
 def step_memory(cfg: RunConfig, mesh: Mesh) -> dict[str, int]:
@@ -150,9 +166,10 @@ def step_memory(cfg: RunConfig, mesh: Mesh) -> dict[str, int]:
                                    state_shardings(shapes, mesh))
     batch = jax.ShapeDtypeStruct((cfg.train.grad_accum, cfg.train.batch_size, cfg.data.seq_len), jnp.int32,
                                  sharding=batch_sharding(mesh))
-    step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), mesh=mesh)
+    step = _step_function(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), mesh, LM_LOSS)
     donated = jax.jit(lambda arrays, x, y: step(eqx.combine(arrays, static), x, y), donate_argnums=0)
-    stats = donated.lower(state, batch, batch).compile().memory_analysis()
+    with jax.set_mesh(mesh):
+        stats = donated.lower(state, batch, batch).compile().memory_analysis()
     arguments, temporaries = stats.argument_size_in_bytes, stats.temp_size_in_bytes
     total = arguments + stats.output_size_in_bytes - stats.alias_size_in_bytes + temporaries
     return {"arguments": arguments, "temporaries": temporaries, "total": total}

@@ -41,38 +41,45 @@ def run_config(tiny_config):
     return lambda *flags, moe=False, run_dir=None: tiny_config(*TINY, *(MOE if moe else ()), *flags, run_dir=run_dir)
 
 
-def train_steps(cfg: RunConfig, devices: list[jax.Device]) -> tuple[list[float], TrainerState]:
+def train_steps(cfg: RunConfig, devices: list[jax.Device]) -> tuple[list[dict], TrainerState]:
     """The training loop's own pieces (state placed, batches placed, donated step) on a mesh of ``devices``,
-    without its evaluation and files: ``(losses, final state)``."""
+    without its evaluation and files: ``(every step's metrics on the host, final state)``."""
     cfg = resolve_config(cfg, 256)
     mesh = make_mesh(cfg, devices)
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     state = shard_state(init_state(cfg, optimizer), mesh)
     step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), donate=True, mesh=mesh)
     tokens = data.load_stream(cfg.data, "train").tokens
-    losses = []
+    history = []
     for i in range(cfg.train.steps):
         state, metrics = step(state, *place_batch(tokens, cfg, i, mesh))
-        losses.append(float(metrics["loss"]))
-    return losses, state
+        history.append(jax.device_get(metrics))
+    return history, state
 
 
 @pytest.fixture(scope="session")
-def single_device_losses():
-    """``single_device_losses(cfg)``: the losses of ``cfg`` trained on one device, computed once per config."""
-    cache: dict[str, list[float]] = {}
+def single_device_metrics():
+    """``single_device_metrics(cfg)``: every step's metrics of ``cfg`` trained on one device, computed once per
+    config."""
+    cache: dict[str, list[dict]] = {}
 
-    def losses(cfg: RunConfig) -> list[float]:
+    def history(cfg: RunConfig) -> list[dict]:
         cfg = dataclasses.replace(cfg, mesh=MeshConfig(), train=dataclasses.replace(cfg.train, run_dir=None))
         key = repr(cfg)
         if key not in cache:
             cache[key] = train_steps(cfg, jax.devices()[:1])[0]
         return cache[key]
 
-    return losses
+    return history
+
+
+@pytest.fixture
+def single_device_losses(single_device_metrics):
+    """``single_device_losses(cfg)``: the losses of ``cfg`` trained on one device."""
+    return lambda cfg: [metrics["loss"] for metrics in single_device_metrics(cfg)]
 
 
 @pytest.fixture(name="train_steps")
 def train_steps_fixture():
-    """``train_steps(cfg, devices) -> (losses, state)``."""
+    """``train_steps(cfg, devices) -> (every step's metrics, final state)``."""
     return train_steps
