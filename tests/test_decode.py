@@ -15,10 +15,14 @@ import pytest
 
 from chimera_jax.config import ModelConfig, MoEConfig, RunConfig, SSMConfig, TimeConfig
 from chimera_jax.generate.engine import Generator
-from chimera_jax.generate.loading import dropless
+from chimera_jax.generate.loading import decoding_layout, dropless
 from chimera_jax.generate.sampling import Sampling, next_tokens, restrict
 from chimera_jax.models.builder import build_model
+from chimera_jax.models.dispatch import dense_dispatch, dropless_dispatch
+from chimera_jax.models.expert_list import ExpertList
 from chimera_jax.models.kv_cache import CacheLayout
+from chimera_jax.models.layers import MLP
+from chimera_jax.models.routing import Routing
 from chimera_jax.models.time_indexed import with_depth
 from chimera_jax.tokenizer import get_tokenizer
 
@@ -76,19 +80,52 @@ def test_cached_decoding_gives_the_logits_of_full_recompute(family):
 
 
 @pytest.mark.parametrize("family", ["sinusoidal", "moe_every_2", "ti_ssm"])
-def test_a_layer_list_computes_what_the_scanned_stack_does(family):
-    """Generation unrolls the stack into one block per layer (each time-indexed depth gated once): same
-    logits, full pass and decoding, with the layers in order (MoE every 2nd layer of 4)."""
+def test_the_decoding_layout_computes_what_the_trained_model_does(family):
+    """Generation unrolls the stack into one block per layer (each time-indexed depth gated once) and splits
+    each MoE layer's experts into modules of their own: same logits, full pass and decoding (a prompt, then
+    steps of one token per row), with the layers in order (MoE every 2nd layer of 4)."""
     cfg = dataclasses.replace(BASE, n_layers=4, moe=MoEConfig(enabled=True, num_experts=4, every=2)) \
         if family == "moe_every_2" else FAMILIES[family]
     model = model_of(cfg)
-    listed = model.with_layer_list()
+    listed = decoding_layout(model)
+    assert family != "moe_every_2" or isinstance(listed.stack.blocks[1].ffn.experts, ExpertList)
     tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 12), 0, 64)
     full = eqx.filter_jit(lambda m, t: m(t, inference=True)[0])
     np.testing.assert_allclose(full(listed, tokens), full(model, tokens), atol=1e-5, rtol=1e-5)
-    extend = eqx.filter_jit(lambda m, t: m.extend(t, m.init_state(2, CacheLayout(window=16)),
-                                                  jnp.broadcast_to(jnp.arange(12), (2, 12)))[0])
-    np.testing.assert_allclose(extend(listed, tokens), extend(model, tokens), atol=1e-5, rtol=1e-5)
+
+    @eqx.filter_jit
+    def decode(m, t):
+        state = m.init_state(2, CacheLayout(window=16))
+        logits, state = m.extend(t[:, :8], state, jnp.broadcast_to(jnp.arange(8), (2, 8)))
+        steps = [logits]
+        for i in range(8, 12):
+            logits, state = m.extend(t[:, i:i + 1], state, jnp.full((2, 1), i))
+            steps.append(logits)
+        return jnp.concatenate(steps, axis=1)
+
+    np.testing.assert_allclose(decode(listed, tokens), decode(model, tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("choices", [
+    [[2, 0]],  # 2 assignments < 5 experts: one switch per assignment
+    [[1, 3], [0, 4], [0, 3]],  # expert by expert, each within the fair share (2 rows), expert 2 unused
+    [[3, 1], [3, 0], [3, 4], [3, 1], [3, 2], [1, 3], [3, 0]],  # expert 3 on every token: past the share, to N
+], ids=["by_assignment", "by_expert", "overflow"])
+def test_expert_list_dispatch_equals_the_dense_oracle(choices):
+    """The decoding layout's dropless dispatch gives every token its experts' gated sum, whichever static row
+    count its experts' rows are padded to; an expert no token chose contributes nothing."""
+    num_experts, d = 5, 8
+    experts = perturbed(eqx.filter_vmap(lambda k: MLP(d, 12, key=k, activation="swiglu"))(
+        jax.random.split(jax.random.PRNGKey(0), num_experts)))
+    idx = jnp.asarray(choices, jnp.int32)
+    logits = jax.random.normal(jax.random.PRNGKey(7), (idx.shape[0], num_experts))
+    probs = jax.nn.softmax(logits)
+    routing = Routing(logits, probs, idx, jnp.take_along_axis(probs, idx, axis=-1))
+    x = jax.random.normal(jax.random.PRNGKey(1), (idx.shape[0], d))
+    expected, _ = dense_dispatch(experts, x, routing)
+    got, kept = jax.jit(dropless_dispatch)(ExpertList.split(experts), x, routing)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert bool(kept.all())
 
 
 def test_a_stale_state_would_be_caught():

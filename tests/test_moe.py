@@ -53,7 +53,7 @@ DISPATCH_CASES = [  # E, k, (B, T) with an odd token count, ffn, bias, gate
     (4, 1, (1, 7), "gelu", True, "softmax_topk"),
     (7, 2, (3, 5), "swiglu", False, "topk_softmax"),
     (3, 3, (1, 9), "gelu", True, "softmax_topk"),
-    (8, 2, (1, 3), "swiglu", True, "softmax_topk"),  # 6 assignments < 8 experts: dropless gathers (decoding)
+    (8, 2, (1, 3), "swiglu", True, "softmax_topk"),  # 6 assignments < 8 experts (a decoding step's size)
 ]
 
 
@@ -104,6 +104,31 @@ def test_grouped_ffns_agree(sizes):
     for name, fn in {"blocks": lambda e, r: grouped_blocks(e, r, sizes, block=2),
                      "fair_share": lambda e, r: grouped_fair_share(e, r, sizes)}.items():
         for a, b in zip(jax.tree_util.tree_leaves(grads(fn)), jax.tree_util.tree_leaves(ragged), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_grouped_ffns_leave_the_routed_rows_alone_with_padding_rows_past_the_groups():
+    """Expert parallelism's receive buffers end in padding rows (past sum(group_sizes)): every grouped FFN gives
+    the routed rows the values and gradients it gives them without the padding, the fair share sized by
+    ``expected_rows`` or by all rows."""
+    experts = make_ffn(moe_cfg(num_experts=5, top_k=2, bias=True), jax.random.PRNGKey(0), moe=True).experts
+    sizes = jnp.array([3, 0, 7, 1, 2])
+    rows = jax.random.normal(jax.random.PRNGKey(1), (13, 16))
+    padding = jax.random.normal(jax.random.PRNGKey(3), (9, 16))
+
+    def grads(fn, padded: bool):
+        def routed(e, r):
+            out = fn(e, jnp.concatenate([r, padding]) if padded else r)
+            return jnp.sum(jnp.sin(out[:13]))
+
+        return jax.jit(jax.value_and_grad(routed, argnums=(0, 1)))(experts, rows)
+
+    for name, fn in {"ragged": lambda e, r: grouped_ragged(e, r, sizes),
+                     "blocks": lambda e, r: grouped_blocks(e, r, sizes, block=2),
+                     "fair_share": lambda e, r: grouped_fair_share(e, r, sizes),
+                     "fair_share_expected": lambda e, r: grouped_fair_share(e, r, sizes, expected_rows=10)}.items():
+        expected = jax.tree_util.tree_leaves(grads(fn, padded=False))
+        for a, b in zip(jax.tree_util.tree_leaves(grads(fn, padded=True)), expected, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
 

@@ -25,14 +25,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chimera_jax.generate.loading import decoding_layout, load_for_decoding
 from chimera_jax.generate.sampling import Sampling, next_tokens
 from chimera_jax.models.kv_cache import CacheLayout
 from chimera_jax.models.transformer import Decoder
-from chimera_jax.tokenizer import Tokenizer
+from chimera_jax.tokenizer import Tokenizer, get_tokenizer
 
 GREEDY = Sampling()
 MIN_BUCKET = 16
 CACHE_ROUND = 64  # full caches are sized in multiples of this, so nearby lengths share a compile
+# Per backend. On CPU, XLA's default live-range analysis copies a donated KV cache (twice) before a step writes
+# the new token into it, because the attention read it first; the region-based analysis sees that the read
+# comes before the write, and the cache is updated in place.
+COMPILER_OPTIONS = {"cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
 
 
 def bucket(n: int) -> int:
@@ -74,10 +79,9 @@ class Generator:
     """
 
     def __init__(self, model: Decoder, tokenizer: Tokenizer, *, layout: CacheLayout | None = None):
-        # One block per layer with its own arrays: a step reads each layer's weights in place, where a scan
-        # over stacked layers copies them out first (and a time-indexed stack would re-gate them per token).
+        # Each layer, and each MoE expert, with arrays of its own (loading.py): a step reads weights in place.
         self.model, self.tokenizer, self.layout = model, tokenizer, layout
-        params, self.static = eqx.partition(model.with_layer_list(), eqx.is_array)
+        params, self.static = eqx.partition(decoding_layout(model), eqx.is_array)
         # Compiled steps take flat lists of arrays: flattening the modules on every call costs more, at
         # this size, than the step itself.
         self.params, self.param_def = jax.tree_util.tree_flatten(params)
@@ -89,9 +93,6 @@ class Generator:
     def from_run(cls, run_dir: str | Path, *, step: int | None = None, depth: int | None = None,
                  layout: CacheLayout | None = None) -> Generator:
         """Load a run's model for decoding (MoE layers dispatch dropless: nothing dropped at any batch)."""
-        from chimera_jax.generate.loading import load_for_decoding
-        from chimera_jax.tokenizer import get_tokenizer
-
         model, cfg = load_for_decoding(run_dir, step=step, depth=depth)
         return cls(model, get_tokenizer(cfg.data.tokenizer), layout=layout)
 
@@ -117,7 +118,8 @@ class Generator:
     def _compile(self, name: tuple, fn: Callable, *args, donate: tuple[int, ...] = ()) -> Callable:
         if name not in self._compiled:
             start = time.perf_counter()
-            self._compiled[name] = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+            lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+            self._compiled[name] = lowered.compile(COMPILER_OPTIONS.get(jax.default_backend()))
             self.compile_s += time.perf_counter() - start
         return self._compiled[name]
 

@@ -10,6 +10,8 @@ import jax
 
 from chimera_jax.config import RunConfig
 from chimera_jax.models.builder import build_model
+from chimera_jax.models.expert_list import ExpertList
+from chimera_jax.models.moe import MoE
 from chimera_jax.models.transformer import Decoder
 from chimera_jax.train.checkpoint import load_model
 
@@ -35,3 +37,14 @@ def load_for_decoding(run_dir: str | Path, *, step: int | None = None,
 
         model = with_depth(model, depth)
     return model, cfg
+
+
+def decoding_layout(model: Decoder) -> Decoder:
+    """``model`` with its arrays laid out for decoding, same numbers: one block per layer (``LayerList``), and
+    each dropless MoE layer's experts as separate modules (``ExpertList``). A step then reads every weight
+    where it lies, where slicing a layer out of a stack, or an expert out of the stacked experts, copies it."""
+    def dropless_experts(m: Decoder) -> list[eqx.Module]:
+        return [b.ffn.experts for b in m.stack.blocks if isinstance(b.ffn, MoE) and b.ffn.dispatch == "dropless"]
+
+    model = model.with_layer_list()
+    return eqx.tree_at(dropless_experts, model, [ExpertList.split(e) for e in dropless_experts(model)])

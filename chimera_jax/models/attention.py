@@ -215,18 +215,14 @@ class Attention(eqx.Module):
             layout = cache.layout
             q_raw, k, v = self._project(x)
             q, k = self._rotate(q_raw, jnp.maximum(positions, 0)), self._rotate(k, jnp.maximum(positions, 0))
-            if C == 1:  # one token evicts only a key it would not see: write it, then attend to the cache
-                cache = cache.write(k, v, positions)
-                blocks, key_positions = [(cache.k, cache.v)], cache.positions
-            else:  # a chunk's later tokens may evict keys its earlier ones see: attend to cache and chunk, then write
-                blocks = [(cache.k, cache.v), cache.chunk_block(k, v)]
-                key_positions = jnp.concatenate([cache.positions, positions], axis=1)
+            # Attend to the cache as it was and to the chunk beside it, then write: a chunk's later tokens may
+            # evict keys its earlier ones see, and a write after the cache's last read can update it in place.
+            blocks = [(cache.k, cache.v), cache.chunk_block(k, v)]
+            key_positions = jnp.concatenate([cache.positions, positions], axis=1)
             q_for_sinks = sink_keys = None
             if self.rope_theta is not None and layout.sinks:  # sinks seen from at most the cache's last slot
                 q_for_sinks = self._rotate(q_raw, jnp.clip(positions, 0, layout.last_slot))
                 sink_keys = (key_positions >= 0) & (key_positions < layout.sinks)
             out = masked_attention(q, blocks, layout.visible(positions, key_positions), self.sink_logits,
                                    q_for_sinks=q_for_sinks, sink_keys=sink_keys)
-            if C > 1:
-                cache = cache.write(k, v, positions)
-            return self.w_o(out.reshape(B, C, -1)), cache
+            return self.w_o(out.reshape(B, C, -1)), cache.write(k, v, positions)

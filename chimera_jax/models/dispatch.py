@@ -11,16 +11,23 @@ Every dispatch takes tokens ``x: [N, D]`` and a Routing and returns ``(y: [N, D]
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from chimera_jax.models.expert_list import ExpertList
 from chimera_jax.models.grouped import batched_experts, grouped_ffn
 from chimera_jax.models.routing import Routing
 
 Dispatched = tuple[Float[Array, "N D"], Bool[Array, "N k"]]
+# The expert computations a dispatch hands its rows to: the experts batched over buffers [E, C, D], and the
+# grouped FFN over rows sorted by expert, [M, D] with group sizes [E]. Each runs here or, under a mesh, on the
+# experts' devices (expert_parallel.py).
+RunExperts = Callable[[eqx.Module, Float[Array, "E C D"]], Float[Array, "E C D"]]
+GroupedFFN = Callable[[eqx.Module, Float[Array, "M D"], Int[Array, " E"]], Float[Array, "M D"]]
 
 
 def _combine(y: Float[Array, "N k D"], gates: Float[Array, "N k"]) -> Float[Array, "N D"]:
@@ -55,9 +62,10 @@ def capacity_slots(experts: Int[Array, "N k"], num_experts: int,
     return position, position < slots
 
 
-def capacity_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Routing,
-                      capacity_factor: float) -> Dispatched:
-    """Scatter tokens into per-expert buffers ``[E, C, D]``, run the experts batched, gather back.
+def capacity_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Routing, capacity_factor: float,
+                      run_experts: RunExperts = batched_experts) -> Dispatched:
+    """Scatter tokens into per-expert buffers ``[E, C, D]``, ``run_experts`` on them (default: batched over the
+    experts, here; expert_parallel.py sends them to the experts' devices), gather back.
 
     Assignments past capacity are dropped: they add nothing, so the block's residual carries the token.
     The surviving gates are not renormalised.
@@ -68,7 +76,7 @@ def capacity_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Rout
     rows = jnp.broadcast_to(x[:, None, :], (*routing.experts.shape, d))
     # Out-of-range positions are the dropped assignments: "drop" skips them, "fill" reads them as 0.
     buffers = jnp.zeros((num_experts, slots, d), x.dtype).at[routing.experts, position].set(rows, mode="drop")
-    out = batched_experts(experts, buffers)
+    out = run_experts(experts, buffers)
     y = out.at[routing.experts, position].get(mode="fill", fill_value=0)
     return _combine(y, routing.gates), kept
 
@@ -76,18 +84,23 @@ def capacity_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Rout
 def dropless_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Routing) -> Dispatched:
     """Sort the N*k assignments by expert, run the grouped FFN (grouped.py), unsort: nothing dropped.
 
-    With fewer assignments than experts (decoding a few tokens), each assignment instead takes its
-    expert's weights: only the chosen experts are read, where the grouped FFN touches all of them.
+    Experts laid out as an ``ExpertList`` (generation's layout, one module per expert) go expert by expert
+    instead (expert_list.py): only the chosen experts are read, in place, where the grouped FFN reads all of
+    them and XLA:CPU copies a dynamically chosen expert out of the stack.
     """
+    if isinstance(experts, ExpertList):
+        return experts.dispatch(x, routing), jnp.ones(routing.experts.shape, bool)
+    return sorted_dispatch(experts, x, routing)
+
+
+def sorted_dispatch(experts: eqx.Module, x: Float[Array, "N D"], routing: Routing,
+                    grouped: GroupedFFN = grouped_ffn) -> Dispatched:
+    """Sort the N*k assignments by expert (stable), ``grouped`` on the sorted rows (default: the grouped FFN,
+    here; expert_parallel.py sends them to the experts' devices), unsort."""
     n, k = routing.experts.shape
-    num_experts = routing.probs.shape[-1]
-    if n * k < num_experts:
-        chosen = jax.tree_util.tree_map(lambda a: a[routing.experts.reshape(-1)], experts)  # [N*k, ...] per array
-        out = eqx.filter_vmap(lambda expert, row: expert(row)[0])(chosen, jnp.repeat(x, k, axis=0))
-        return _combine(out.reshape(n, k, -1), routing.gates), jnp.ones((n, k), bool)
     flat = routing.experts.reshape(-1)
     order = jnp.argsort(flat, stable=True)
-    group_sizes = jnp.bincount(flat, length=num_experts)
-    out = grouped_ffn(experts, x[order // k], group_sizes)
+    group_sizes = jnp.bincount(flat, length=routing.probs.shape[-1])
+    out = grouped(experts, x[order // k], group_sizes)
     inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.size))
     return _combine(out[inverse].reshape(n, k, -1), routing.gates), jnp.ones((n, k), bool)

@@ -14,6 +14,10 @@ implementations run that FFN's code unchanged, with each of its Linear layers sw
   the block scan alone (docs/moe.md, "The CPU grouped FFN", has the figures).
 
 ``grouped_ffn`` picks ragged_dot on GPU/TPU and the fair-share split on CPU (the default backend).
+
+Rows past ``sum(group_sizes)`` are padding (expert_parallel.py's fixed-size receive buffers): every
+implementation leaves the routed rows as they would be without them, and their own outputs are
+meaningless.
 """
 
 from __future__ import annotations
@@ -46,12 +50,14 @@ def overflow_block_rows(fair_share: int) -> int:
     return min(max(1 << (max(fair_share // 8, 1).bit_length() - 1), 16), 512)
 
 
-def grouped_ffn(experts: eqx.Module, rows: Float[Array, "M D"],
-                group_sizes: Int[Array, " E"]) -> Float[Array, "M D"]:
+def grouped_ffn(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: Int[Array, " E"],
+                expected_rows: int | None = None) -> Float[Array, "M D"]:
+    """``expected_rows``: how many rows are routed ones on a typical call when the rest are padding (default:
+    all M); the CPU path sizes its fair share from it."""
     # Chosen when tracing, for the default backend: lax.platform_dependent would keep both branches under
     # autodiff (a slower compile and step on CPU, docs/speed.md).
     if jax.default_backend() == "cpu":
-        return grouped_fair_share(experts, rows, group_sizes)
+        return grouped_fair_share(experts, rows, group_sizes, expected_rows)
     return grouped_ragged(experts, rows, group_sizes)
 
 
@@ -137,13 +143,14 @@ def grouped_blocks(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: 
     return out.at[dest].get(mode="fill", fill_value=0)
 
 
-def grouped_fair_share(experts: eqx.Module, rows: Float[Array, "M D"],
-                       group_sizes: Int[Array, " E"]) -> Float[Array, "M D"]:
-    """Each group's first ``C = ceil(M / E)`` rows as one batched FFN over ``[E, C, D]`` buffers (empty
-    slots are zero rows), the rest by ``grouped_blocks(..., skip=C)``. Exact: every row is computed once.
+def grouped_fair_share(experts: eqx.Module, rows: Float[Array, "M D"], group_sizes: Int[Array, " E"],
+                       expected_rows: int | None = None) -> Float[Array, "M D"]:
+    """Each group's first ``C = ceil(expected_rows / E)`` rows (default ``expected_rows = M``) as one batched
+    FFN over ``[E, C, D]`` buffers (empty slots are zero rows), the rest by ``grouped_blocks(..., skip=C)``.
+    Exact: every row is computed once.
     """
     m = rows.shape[0]
-    slots = -(-m // group_sizes.size)
+    slots = -(-(expected_rows or m) // group_sizes.size)
     start, expert_of_row, local = _group_positions(group_sizes, m)
     slot = jnp.arange(slots)
     source = jnp.where(slot[None] < group_sizes[:, None], start[:, None] + slot[None], m)  # m: an empty slot

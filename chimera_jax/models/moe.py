@@ -17,6 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from chimera_jax.config import MoEConfig
 from chimera_jax.models.dispatch import capacity_dispatch, dense_dispatch, dropless_dispatch
+from chimera_jax.models.expert_parallel import dispatch_mesh, shard_dispatch
 from chimera_jax.models.layers import MLP, dropout
 from chimera_jax.models.routing import Router, routing_stats
 
@@ -24,7 +25,9 @@ DISPATCHES = ("dense", "capacity", "dropless")
 
 
 class MoE(eqx.Module):
-    """``x: [B, T, D] -> (y, aux)``; all B*T tokens of the batch are routed together.
+    """``x: [B, T, D] -> (y, aux)``; all B*T tokens of the batch are routed together. Traced under a mesh, the
+    sparse dispatches run per shard of the batch, the experts split over its ``expert`` axis
+    (expert_parallel.py); the routing and its losses stay those of the whole batch.
 
     ``aux`` holds the already-weighted ``aux_loss`` the train step adds to the loss, the unweighted
     ``balance_loss`` and ``z_loss``, and the diagnostics of ``routing.routing_stats``.
@@ -63,7 +66,10 @@ class MoE(eqx.Module):
             with jax.named_scope("router"):
                 routing = self.router(tokens, key=k_route, inference=inference)
             with jax.named_scope(f"dispatch_{self.dispatch}"):
-                if self.dispatch == "dense":
+                mesh = dispatch_mesh(tokens.shape[0]) if self.dispatch != "dense" else None
+                if mesh is not None:
+                    y, kept = shard_dispatch(self.dispatch, self.experts, tokens, routing, self.capacity_factor, mesh)
+                elif self.dispatch == "dense":
                     y, kept = dense_dispatch(self.experts, tokens, routing)
                 elif self.dispatch == "capacity":
                     y, kept = capacity_dispatch(self.experts, tokens, routing, self.capacity_factor)
