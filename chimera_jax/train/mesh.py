@@ -4,8 +4,8 @@ The mesh has three axes (``MeshConfig``): ``data`` and ``expert`` and ``fsdp`` a
 also splits every matrix and its optimizer moments, and ``expert`` each MoE layer's experts. A parameter's
 placement is read from its names, as Levanter's axis mapping or MaxText's logical axis rules do, with the
 two tables below; XLA's SPMD partitioner then inserts the collectives (the gathers of fsdp-split weights,
-one layer at a time inside the layer scan, the exchange of tokens with the expert shards, the gradient
-reductions).
+one layer at a time inside the layer scan, and the gradient reductions). The MoE layers send their tokens to
+the expert shards themselves (models/expert_parallel.py).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _in_stack(path: Sequence) -> bool:
 def compute_shardings(model, mesh: Mesh):
     """Where the train step's compute copy of the parameters lives: the stacked layers as stored (each layer is
     gathered when it runs: ``layer_placement``), everything else less the fsdp split (gathered once per step, its
-    gradients reduced back to the split). The experts stay split over the expert axis and the tokens travel to them."""
+    gradients reduced back to the split). The experts stay split over the expert axis (models/expert_parallel.py sends the tokens to them)."""
 
     def place(path, x):
         spec = param_spec(path, x.shape, mesh)
