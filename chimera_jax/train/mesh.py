@@ -105,7 +105,8 @@ def _in_stack(path: Sequence) -> bool:
 def compute_shardings(model, mesh: Mesh):
     """Where the train step's compute copy of the parameters lives: the stacked layers as stored (each layer is
     gathered when it runs: ``layer_placement``), everything else less the fsdp split (gathered once per step, its
-    gradients reduced back to the split). The experts stay split over the expert axis (models/expert_parallel.py sends the tokens to them)."""
+    gradients reduced back to the split). The experts stay split over the expert axis (models/expert_parallel.py
+    sends the tokens to them)."""
 
     def place(path, x):
         spec = param_spec(path, x.shape, mesh)
