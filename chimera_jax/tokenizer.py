@@ -182,9 +182,9 @@ HF_PREFIX = "hf:"
 def get_tokenizer(name: str) -> Tokenizer:
     """The tokenizer called ``name`` (one of ``TOKENIZERS``, or ``hf:SPEC``); one shared instance per name."""
     if name.startswith(HF_PREFIX):
-        from chimera_jax.bridge.hf_tokenizer import as_chimera, hf_tokenizer
+        from chimera_jax.bridge.imported_tokenizer import imported_tokenizer
 
-        return as_chimera(hf_tokenizer(name), name.removeprefix(HF_PREFIX))
+        return imported_tokenizer(name.removeprefix(HF_PREFIX))
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; known tokenizers: {', '.join(sorted(TOKENIZERS))}")
     return TOKENIZERS[name]()

@@ -12,7 +12,7 @@ import pytest
 
 from chimera_jax.bridge.compare import markdown_table, rank, report, trained_on
 from chimera_jax.bridge.convert import export_architecture, fill_model, model_arrays, skeleton_shapes
-from chimera_jax.bridge.hf_load import pretrained_args
+from chimera_jax.bridge.hf_source import pretrained_args
 from chimera_jax.bridge.measure import tokens_per_second
 from chimera_jax.bridge.torch_utils import INSTALL_HINT, require
 from chimera_jax.config import CONFIG_DIR, ModelConfig, load_config

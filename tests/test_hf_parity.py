@@ -30,7 +30,8 @@ from chimera_jax.bridge.convert import (  # noqa: E402
     to_hf,
 )
 from chimera_jax.bridge.hf_eval import evaluate_hf, torch_batch_nll  # noqa: E402
-from chimera_jax.bridge.hf_tokenizer import HFTokenizer, hf_tokenizer  # noqa: E402
+from chimera_jax.bridge.hf_tokenizer import hf_tokenizer  # noqa: E402
+from chimera_jax.bridge.imported_tokenizer import HFTokenizer  # noqa: E402
 from chimera_jax.config import DataConfig, ModelConfig  # noqa: E402
 from chimera_jax.eval.perplexity import evaluate, evaluate_model  # noqa: E402
 from chimera_jax.eval.protocol import EvalProtocol  # noqa: E402

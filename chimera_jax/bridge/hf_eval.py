@@ -36,7 +36,7 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
     """``(torch model, resolved protocol, stream)`` for a chimera run directory or an HF model ``spec``."""
     from chimera_jax import data
     from chimera_jax.bridge.hf_load import is_run_dir, load_hf, run_model_as_hf
-    from chimera_jax.bridge.hf_tokenizer import as_chimera
+    from chimera_jax.bridge.imported_tokenizer import as_chimera
     from chimera_jax.bridge.torch_utils import default_device
     from chimera_jax.config import ConfigError, DataConfig
 

@@ -61,7 +61,7 @@ def check(args: LMEvalArgs) -> None:
 
 def hf_model_args(spec: str, device: str | None) -> dict:
     """lm-eval ``hf`` model arguments for a local HF folder, a ``.gguf`` file or a packaged name."""
-    from chimera_jax.bridge.hf_load import PACKAGED_GGUF, pretrained_args
+    from chimera_jax.bridge.hf_source import PACKAGED_GGUF, pretrained_args
     from chimera_jax.bridge.torch_utils import default_device
 
     if spec not in PACKAGED_GGUF and not Path(spec).exists():

@@ -25,7 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from chimera_jax.bridge.hf_load import is_run_dir, load_hf, load_hf_config, recorded_spec
+from chimera_jax.bridge.hf_load import is_run_dir, load_hf
+from chimera_jax.bridge.hf_source import load_hf_config, recorded_spec
 from chimera_jax.config import (
     ConfigError,
     DataConfig,
