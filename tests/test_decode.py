@@ -96,9 +96,9 @@ def test_the_decoding_layout_computes_what_the_trained_model_does(family):
     @eqx.filter_jit
     def decode(m, t):
         state = m.init_state(2, CacheLayout(window=16))
-        logits, state = m.extend(t[:, :8], state, jnp.broadcast_to(jnp.arange(8), (2, 8)))
+        logits, state = m.extend(t[:, :10], state, jnp.broadcast_to(jnp.arange(10), (2, 10)))
         steps = [logits]
-        for i in range(8, 12):
+        for i in range(10, 12):
             logits, state = m.extend(t[:, i:i + 1], state, jnp.full((2, 1), i))
             steps.append(logits)
         return jnp.concatenate(steps, axis=1)

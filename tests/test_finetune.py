@@ -25,7 +25,6 @@ from chimera_jax.eval.run import evaluate_checkpoint
 from chimera_jax.finetune.data import TEMPLATE, encode_records, read_records, step_rows
 from chimera_jax.finetune.losses import _dpo_step_loss, batch_logps, dpo_loss, sft_loss
 from chimera_jax.finetune.stage import finetune, finetune_config, sft_validation
-from chimera_jax.generate.engine import Generator
 from chimera_jax.tokenizer import get_tokenizer
 from chimera_jax.train.checkpoint import load_model
 from chimera_jax.train.loop import train
@@ -233,8 +232,8 @@ def test_missing_checkpoint_or_no_usable_record_is_one_line_before_compiling(pre
 def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_run(
         pretrained, exported, datasets_cache, token_cache, tmp_path):
     """The same model (imported from its HF export) on the same records (a parquet dataset folder with other field
-    names): the same losses and gradient norms, step by step, and a run that loads, evaluates and generates with
-    the HF folder's tokenizer."""
+    names): the same losses and gradient norms, step by step, and a run that loads and evaluates with the HF
+    folder's tokenizer."""
     records = sft_records(16)
     folder = tmp_path / "dataset"
     folder.mkdir()
@@ -263,9 +262,6 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
     protocol = EvalProtocol(split="validation", max_windows=2, batch_size=2)
     evals = [evaluate_checkpoint(cfg.run_dir, protocol) for cfg in (from_run, from_hf)]
     assert evals[1]["bits_per_byte"] == pytest.approx(evals[0]["bits_per_byte"], rel=1e-5)
-    prompt = TEMPLATE.format(prompt="Name item 3.")
-    texts = [Generator.from_run(cfg.run_dir).generate(prompt, max_new_tokens=6).texts for cfg in (from_run, from_hf)]
-    assert texts[1] == texts[0]
 
 
 def test_dpo_from_the_hf_folder_takes_it_as_the_reference(exported, tmp_path):
