@@ -229,6 +229,19 @@ def test_missing_checkpoint_or_no_usable_record_is_one_line_before_compiling(pre
     assert not (tmp_path / "o").exists()
 
 
+def test_relative_source_and_data_are_recorded_absolute(pretrained, exported, tmp_path, monkeypatch):
+    """A run given relative paths resumes from another directory: its config holds them made absolute."""
+    data = write_jsonl(tmp_path / "d.jsonl", sft_records(4))
+    for source in (pretrained, exported):
+        monkeypatch.chdir(source.parent)
+        cfg = finetune_config(source.name, "sft", data.name if source.parent == tmp_path else str(data),
+                              out=tmp_path / "o")
+        assert cfg.finetune.source == str(source.resolve()) and cfg.finetune.data == str(data.resolve())
+    monkeypatch.chdir(tmp_path)
+    ft = finetune_config("smollm2", "sft", "some/hub-dataset", out=tmp_path / "o").finetune
+    assert (ft.source, ft.data) == ("smollm2", "some/hub-dataset")
+
+
 def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_run(
         pretrained, exported, datasets_cache, token_cache, tmp_path):
     """The same model (imported from its HF export) on the same records (a parquet dataset folder with other field

@@ -97,8 +97,10 @@ def finetune_config(source: str | Path, stage: str, data: str, out: str | Path |
     name = f"{base.name}-{stage}"
     if out is None:
         out = f"{source.rstrip('/')}-{stage}" if is_run_dir(source) else Path("checkpoints") / name
+    # Local paths recorded absolute: a resumed run (DPO's reference included) loads them from any directory.
     cfg = replace(base, name=name, train=replace(base.train, run_dir=str(out)),
-                  finetune=replace(base.finetune, stage=stage, source=source, data=str(data)))
+                  finetune=replace(base.finetune, stage=stage, source=recorded_spec(source),
+                                   data=recorded_spec(str(data))))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "finetune.yaml"
         path.write_text(to_yaml(cfg))
