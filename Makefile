@@ -30,13 +30,11 @@ train: setup
 	$(PY) scripts/train.py --model dense
 
 # Two pytest workers (xdist, whole files per worker): most of the suite's time is XLA compiling, one core each.
-# test_train runs in a process of its own: in one process of the whole suite, XLA segfaulted compiling its
-# donated step after ~400 tests (reproduced twice on 2026-12-01; cause not found). tests/multidevice needs
-# 8 host devices, which its conftest sets before JAX starts: its own process too.
-PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q
+# tests/multidevice needs 8 host devices, which its conftest sets before JAX starts: a process of its own.
+# --durations: the slowest tests, for keeping the suite inside CI's time budget.
+PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q --durations=15
 test: setup-torch
-	$(PYTEST) -n 2 --dist loadfile --ignore=tests/test_train.py --ignore=tests/multidevice
-	$(PYTEST) tests/test_train.py
+	$(PYTEST) -n 2 --dist loadfile --ignore=tests/multidevice
 	$(PYTEST) -n 2 --dist loadfile tests/multidevice
 
 lint: setup-torch

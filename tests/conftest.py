@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,3 +41,11 @@ def tiny_config(tmp_path, token_cache):
         return load_config(path, args)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_code():
+    """After each test file, JAX's compiled executables go: XLA:CPU maps each one's code on its own, and a worker
+    that keeps them all reaches vm.max_map_count and crashes in XLA's compiler (train/loop.py does the same)."""
+    yield
+    jax.clear_caches()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -128,3 +129,19 @@ def test_a_run_on_the_fallback_corpus_records_it_and_resumes_on_it(tiny_config, 
     corpus.write_text("now it exists " * 2000)
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=20))
     assert train(longer)["corpus"] == "bbc_news"
+
+
+def _memory_maps() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for _ in maps)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts Linux memory maps")
+def test_a_finished_run_leaves_no_compiled_code_mapped(tiny_config, tmp_path):
+    """XLA:CPU maps each executable's code on its own; run after run in one process must not pile them up
+    towards vm.max_map_count (where XLA's compiler crashed the test session)."""
+    counts = []
+    for i in range(3):
+        train(tiny_config("--train.steps", "2", "--model.d_model", str(32 + 16 * i), run_dir=tmp_path / f"r{i}"))
+        counts.append(_memory_maps())
+    assert counts[2] - counts[0] < 100, counts  # each tiny run compiles ~650 maps' worth of code

@@ -178,6 +178,10 @@ def run(cfg: RunConfig, objective: Objective, mesh: Mesh, max_traces: int | None
         if logger:
             logger.close()
         ckpt.close()
+        # XLA:CPU maps each executable's code into memory regions of its own and JAX's caches keep them, so a
+        # process that trains run after run (a study, a notebook, a test session) would reach the kernel's
+        # limit on memory maps (vm.max_map_count) and crash inside XLA's compiler: drop them.
+        jax.clear_caches()
     timed_steps = tc.steps - start - 1
     summary.update({
         "steps": tc.steps, "final_train_loss": loss if tc.steps > start else None,
