@@ -307,6 +307,7 @@ class FinetuneConfig:
     source_step: int | None = None  # its checkpoint step; None: the newest
     data: str | None = None  # a JSONL file, or an HF dataset name (tatsu-lab/alpaca, Anthropic/hh-rlhf)
     split: str = "train"  # the HF dataset's split
+    subset: str | None = None  # the HF dataset's configuration, when it has several (ai2_arc: ARC-Easy)
     prompt_field: str = "prompt"  # "" (dpo): the chosen and rejected texts' common prefix, as in Anthropic/hh-rlhf
     input_field: str | None = None  # appended to the prompt after a blank line when non-empty (alpaca's "input")
     response_field: str = "response"  # sft

@@ -306,6 +306,24 @@ def test_an_hf_dataset_folder_or_file_is_read_by_split_offline(datasets_cache, t
         assert "\n" not in str(err.value)
 
 
+def test_an_hf_dataset_subset_is_read_by_name_offline(datasets_cache, tmp_path):
+    """A dataset with several configurations (the hub's subsets, e.g. ai2_arc's ARC-Easy) in a local folder."""
+    folder = tmp_path / "arc"
+    subsets = {"easy": sft_records(3), "hard": sft_records(7)[3:]}
+    for name, records in subsets.items():
+        (folder / name).mkdir(parents=True)
+        datasets_cache.Dataset.from_list(records).to_parquet(str(folder / name / "train.parquet"))
+    (folder / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {n}\n  data_files:\n  - split: train\n    path: {n}/train.parquet\n" for n in subsets)
+        + "---\n")
+    for name, records in subsets.items():
+        assert read_records(str(folder), "train", None, name) == records
+    with pytest.raises(ConfigError, match=r"^finetune.data: loading .* \(split train, subset medium\)"):
+        read_records(str(folder), "train", None, "medium")
+    with pytest.raises(ConfigError, match="^finetune.subset=easy: .* is one file, with no subsets"):
+        read_records(str(folder / "easy" / "train.parquet"), "train", None, "easy")
+
+
 def test_a_checkpoint_neither_a_run_nor_an_hf_model_is_one_line_before_compiling(exported, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(4))
     (tmp_path / "empty").mkdir()

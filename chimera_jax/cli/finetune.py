@@ -12,7 +12,8 @@ model) like training does: metrics.jsonl, tb/, Orbax checkpoints; re-running the
 Dotted flags override any field of the run's config: --train.steps, --optim.lr, --train.batch-size,
 --data.seq-len, --finetune.beta (DPO, default 0.1), --finetune.prompt-field / response-field / chosen-field /
 rejected-field (defaults prompt, response, chosen, rejected), --finetune.val-fraction (held-out records,
-default 0.1), --finetune.split (the dataset's split, default train). The template, the masks and what is
+default 0.1), --finetune.split (the dataset's split, default train), --finetune.subset (its configuration, as
+ai2_arc's ARC-Easy, when it has several). The template, the masks and what is
 logged: docs/finetune.md. A checkpoint that is neither a run nor an HF model, a bad value or a data source
 without one usable record stops with one line before anything compiles.
 """

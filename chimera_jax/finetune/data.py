@@ -96,15 +96,17 @@ def text_field(record: object, name: str) -> str:
 DATASET_FILES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
-def read_records(source: str, split: str, limit: int | None) -> list[object]:
+def read_records(source: str, split: str, limit: int | None, subset: str | None = None) -> list[object]:
     """The raw records of a JSONL file, or of an HF dataset (``read_dataset``): a folder, a parquet / csv / arrow
-    file, or a hub name."""
+    file, or a hub name, with its ``subset`` (the dataset's configuration) when it has several."""
     path = Path(source)
     if path.is_file() and path.suffix not in DATASET_FILES:
         return read_jsonl(path, limit)
     if path.suffix in (".jsonl", ".json", *DATASET_FILES) and not path.exists():
         raise ConfigError(f"finetune.data: no such file {source}")
-    return read_dataset(source, split, limit)
+    if subset is not None and path.is_file():
+        raise ConfigError(f"finetune.subset={subset}: {source} is one file, with no subsets")
+    return read_dataset(source, split, limit, subset)
 
 
 def read_jsonl(path: Path, limit: int | None) -> list[object]:
@@ -118,17 +120,21 @@ def read_jsonl(path: Path, limit: int | None) -> list[object]:
     return records
 
 
-def read_dataset(source: str, split: str, limit: int | None) -> list[object]:
-    """``split`` of ``datasets.load_dataset``: a local folder (its files' format and splits inferred, as for a hub
-    dataset) or file (its one split is ``train``) works offline, a name needs the network or the HF cache."""
+def read_dataset(source: str, split: str, limit: int | None, subset: str | None = None) -> list[object]:
+    """``split`` of ``datasets.load_dataset``: a local folder (its files' format, splits and subsets inferred, as for
+    a hub dataset) or file (its one split is ``train``) works offline, a name needs the network or the HF cache."""
     path = Path(source)
-    args, kwargs = ((DATASET_FILES[path.suffix],), {"data_files": str(path)}) if path.is_file() else ((source,), {})
+    if path.is_file():
+        args, kwargs = (DATASET_FILES[path.suffix],), {"data_files": str(path)}
+    else:
+        args, kwargs = (source, *([subset] if subset is not None else [])), {}
     try:
         import datasets
 
         dataset = datasets.load_dataset(*args, split=split, **kwargs)
     except Exception as err:  # noqa: BLE001 - offline, unknown name, bad split: all one line for the user
-        raise ConfigError(f"finetune.data: loading {source} (split {split}) as an HF dataset failed: "
+        where = f"split {split}" + (f", subset {subset}" if subset is not None else "")
+        raise ConfigError(f"finetune.data: loading {source} ({where}) as an HF dataset failed: "
                           f"{' '.join(str(err).split())}") from None
     return list(dataset.select(range(min(limit, len(dataset)))) if limit else dataset)
 

@@ -175,7 +175,7 @@ def finetune(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[ja
         raise ConfigError("finetune.data: no records to train on (--data FILE.jsonl or an HF dataset name)")
     initialize(cfg.distributed)
     tokenizer = get_tokenizer(cfg.data.tokenizer)
-    records = read_records(ft.data, ft.split, ft.max_records)
+    records = read_records(ft.data, ft.split, ft.max_records, ft.subset)
     rows, report = encode_records(records, ft, tokenizer, cfg.data.seq_len, ft.data)
     train_rows, val_rows = split_validation(rows, ft.val_fraction)
     log.info("%s", report.line())
