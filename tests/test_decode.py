@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 
 import equinox as eqx
 import jax
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from chimera_jax.config import ModelConfig, MoEConfig, RunConfig, SSMConfig, TimeConfig
-from chimera_jax.generate.engine import Generator
+from chimera_jax.generate.engine import DECODE_CHUNK, GREEDY, Generator
 from chimera_jax.generate.loading import decoding_layout, dropless
 from chimera_jax.generate.sampling import Sampling, next_tokens, restrict
 from chimera_jax.models.builder import build_model
@@ -39,19 +40,28 @@ FAMILIES = {
     "ti_ssd": dataclasses.replace(BASE, mixer="ssm", positions="none", time=TimeConfig(enabled=True),
                                   ssm=SSMConfig(kind="ssd", head_dim=16, chunk=4)),
 }
+MOE_EVERY_2 = dataclasses.replace(BASE, n_layers=4, moe=MoEConfig(enabled=True, num_experts=4, every=2))
 
 
 def perturbed(model, scale: float = 0.3, seed: int = 1):
     """Random init plus noise on every float array: the tiny init is near-uniform, and a decoding bug
-    (a wrong position, a stale state) must move the logits far beyond the tolerance."""
-    leaves, treedef = jax.tree_util.tree_flatten(model)
-    keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(leaves)))
-    return jax.tree_util.tree_unflatten(treedef, [
-        leaf + scale * jax.random.normal(next(keys), leaf.shape) if isinstance(leaf, jax.Array)
-        and jnp.issubdtype(leaf.dtype, jnp.floating) else leaf for leaf in leaves])
+    (a wrong position, a stale state) must move the logits far beyond the tolerance. The noise is drawn
+    by numpy: drawn by JAX op by op, each array's shape would compile its own kernels."""
+    rng = np.random.default_rng(seed)
+
+    def noisy(leaf):
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.asarray((np.asarray(leaf) + scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype))
+        return leaf
+
+    return jax.tree_util.tree_map(noisy, model)
 
 
-def model_of(cfg: ModelConfig):
+@functools.cache
+def model_of(family: str, vocab_size: int = BASE.vocab_size, n_layers: int | None = None):
+    """One model per family and size for the whole module (models are immutable): each costs seconds to build."""
+    cfg = MOE_EVERY_2 if family == "moe_every_2" else FAMILIES[family]
+    cfg = dataclasses.replace(cfg, vocab_size=vocab_size, n_layers=n_layers or cfg.n_layers)
     return perturbed(build_model(cfg, jax.random.PRNGKey(0)))
 
 
@@ -60,50 +70,54 @@ def test_cached_decoding_gives_the_logits_of_full_recompute(family):
     """Prompts of lengths 5, 3 and 8 prefilled in one padded batch, then 6 tokens each one at a time: every
     step's logits equal ``Decoder.__call__`` over the whole sequence at that position."""
     if family == "ti_ssm_at_depth_3":  # trained at 2 layers, run at 3: one state per depth
-        model = with_depth(model_of(FAMILIES["ti_ssm"]), 3)
+        model = with_depth(model_of("ti_ssm"), 3)
     else:
-        model = model_of(FAMILIES[family])
+        model = model_of(family)
     T, width, lengths = 16, 8, np.array([5, 3, 8])
-    tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (3, T), 0, 64))
-    full = np.asarray(model(jnp.asarray(tokens), inference=True)[0])
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (3, T), 0, 64)
     positions = np.where(np.arange(width) < lengths[:, None], np.arange(width), -1)
-    state = model.init_state(3, CacheLayout(window=32))
-    extend = eqx.filter_jit(lambda m, *args: m.extend(*args))
-    logits, state = extend(model, jnp.asarray(tokens[:, :width]), state, jnp.asarray(positions))
+    current = lengths + np.arange(6)[:, None]  # [step, row]: the position each step adds
+
+    @eqx.filter_jit
+    def run(m, tokens, positions, current):
+        """The full pass, the prompts' logits and every step's, in one compile."""
+        prefilled, state = m.extend(tokens[:, :width], m.init_state(3, CacheLayout(window=32)), positions)
+
+        def step(state, at):
+            logits, state = m.extend(tokens[jnp.arange(3), at][:, None], state, at[:, None])
+            return state, logits[:, 0]
+
+        return m(tokens, inference=True)[0], prefilled, jax.lax.scan(step, state, current)[1]
+
+    full, prefilled, stepped = map(np.asarray, run(model, tokens, jnp.asarray(positions), jnp.asarray(current)))
     rows = np.arange(3)
-    np.testing.assert_allclose(np.asarray(logits)[rows, lengths - 1], full[rows, lengths - 1], atol=2e-5, rtol=1e-5)
-    current = lengths.copy()
-    for _ in range(6):
-        logits, state = extend(model, jnp.asarray(tokens[rows, current][:, None]), state, jnp.asarray(current[:, None]))
-        np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, current], atol=2e-5, rtol=1e-5)
-        current += 1
+    np.testing.assert_allclose(prefilled[rows, lengths - 1], full[rows, lengths - 1], atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(stepped, full[rows, current], atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["sinusoidal", "moe_every_2", "ti_ssm"])
 def test_the_decoding_layout_computes_what_the_trained_model_does(family):
     """Generation unrolls the stack into one block per layer (each time-indexed depth gated once) and splits
-    each MoE layer's experts into modules of their own: same logits, full pass and decoding (a prompt, then
-    steps of one token per row), with the layers in order (MoE every 2nd layer of 4)."""
-    cfg = dataclasses.replace(BASE, n_layers=4, moe=MoEConfig(enabled=True, num_experts=4, every=2)) \
-        if family == "moe_every_2" else FAMILIES[family]
-    model = model_of(cfg)
+    each MoE layer's experts into modules of their own: the trained model's logits, full pass and decoding (a
+    prompt, then steps of one token per row), with the layers in order (MoE every 2nd layer of 4)."""
+    model = model_of(family)
     listed = decoding_layout(model)
     assert family != "moe_every_2" or isinstance(listed.stack.blocks[1].ffn.experts, ExpertList)
     tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 12), 0, 64)
-    full = eqx.filter_jit(lambda m, t: m(t, inference=True)[0])
-    np.testing.assert_allclose(full(listed, tokens), full(model, tokens), atol=1e-5, rtol=1e-5)
+    expected = eqx.filter_jit(lambda m, t: m(t, inference=True)[0])(model, tokens)
 
     @eqx.filter_jit
-    def decode(m, t):
+    def full_and_decoded(m, t):
         state = m.init_state(2, CacheLayout(window=16))
         logits, state = m.extend(t[:, :10], state, jnp.broadcast_to(jnp.arange(10), (2, 10)))
         steps = [logits]
         for i in range(10, 12):
             logits, state = m.extend(t[:, i:i + 1], state, jnp.full((2, 1), i))
             steps.append(logits)
-        return jnp.concatenate(steps, axis=1)
+        return m(t, inference=True)[0], jnp.concatenate(steps, axis=1)
 
-    np.testing.assert_allclose(decode(listed, tokens), decode(model, tokens), atol=1e-5, rtol=1e-5)
+    for logits in full_and_decoded(listed, tokens):
+        np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("choices", [
@@ -122,7 +136,7 @@ def test_expert_list_dispatch_equals_the_dense_oracle(choices):
     probs = jax.nn.softmax(logits)
     routing = Routing(logits, probs, idx, jnp.take_along_axis(probs, idx, axis=-1))
     x = jax.random.normal(jax.random.PRNGKey(1), (idx.shape[0], d))
-    expected, _ = dense_dispatch(experts, x, routing)
+    expected, _ = eqx.filter_jit(dense_dispatch)(experts, x, routing)
     got, kept = jax.jit(dropless_dispatch)(ExpertList.split(experts), x, routing)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
     assert bool(kept.all())
@@ -130,7 +144,7 @@ def test_expert_list_dispatch_equals_the_dense_oracle(choices):
 
 def test_a_stale_state_would_be_caught():
     """The tolerance above means something: decoding token 1 from an empty state is far off."""
-    model = model_of(FAMILIES["ti_ssm"])
+    model = model_of("ti_ssm")
     tokens = jnp.asarray([[3, 7]])
     full = eqx.filter_jit(lambda m, t: m(t, inference=True)[0])(model, tokens)
     wrong, _ = eqx.filter_jit(lambda m, *args: m.extend(*args))(model, tokens[:, 1:],
@@ -139,8 +153,9 @@ def test_a_stale_state_would_be_caught():
     assert float(jnp.abs(wrong[0, 0] - full[0, 1]).max()) > 1e-2
 
 
-def byte_generator(cfg: ModelConfig = FAMILIES["rope_gqa"], **kwargs) -> Generator:
-    return Generator(model_of(dataclasses.replace(cfg, vocab_size=256)), get_tokenizer("byte"), **kwargs)
+def byte_generator(family: str = "rope_gqa", **kwargs) -> Generator:
+    """One layer: the engine's tests are about the loop around the model, and a layer less compiles faster."""
+    return Generator(model_of(family, 256, 1), get_tokenizer("byte"), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +164,7 @@ def generator() -> Generator:
 
 
 PROMPTS = ["The cat sat", "A", "Once upon a time there"]
+SAMPLED = Sampling(temperature=1.0, top_k=40, top_p=0.95)
 
 
 def test_greedy_is_deterministic_and_the_cache_changes_nothing(generator):
@@ -166,7 +182,7 @@ def test_each_prompt_decodes_as_it_would_alone(generator):
 
 
 def test_sampling_reproduces_from_its_seed_in_both_modes(generator):
-    sampling = Sampling(temperature=1.0, top_k=40, top_p=0.95)
+    sampling = SAMPLED
     first = generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=7, ignore_eos=True)
     assert first.tokens == generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=7,
                                               ignore_eos=True).tokens
@@ -174,6 +190,41 @@ def test_sampling_reproduces_from_its_seed_in_both_modes(generator):
                                               ignore_eos=True).tokens
     assert first.tokens != generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=8,
                                               ignore_eos=True).tokens
+
+
+@pytest.fixture(scope="module", params=["dense", "moe", "ti_ssm"])
+def any_state(request, generator) -> Generator:
+    """A generator for each kind of decoding state: KV caches, KV caches with routed experts, SSM states."""
+    return generator if request.param == "dense" else byte_generator(request.param)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_decoding_a_chunk_per_call_gives_the_tokens_of_one_step_per_call(any_state, sampling):
+    """20 new tokens: the first from the prefill, then 19 steps in two calls of 16 (the second running 13 steps
+    past the end) or in 19 calls of one step. The same tokens, and a seed draws the same samples."""
+    one = any_state.generate(PROMPTS, 20, sampling, seed=7, ignore_eos=True, decode_chunk=1)
+    chunked = any_state.generate(PROMPTS, 20, sampling, seed=7, ignore_eos=True)
+    assert DECODE_CHUNK == 16 and chunked.new_tokens == [20, 20, 20]
+    assert chunked.tokens == one.tokens and len({tuple(t) for t in one.tokens}) == 3
+
+
+def test_eos_and_stop_texts_within_a_chunk_end_rows_as_one_step_per_call(any_state, monkeypatch):
+    """A row's EOS, or a stop text, drawn in the middle of a chunk: the tokens after it are dropped exactly
+    as when the host sees every token as it comes."""
+    free = any_state.generate(PROMPTS, 20, ignore_eos=True, decode_chunk=1).tokens
+    # a token first drawn after the first one and before the last: from a chunk's middle or its second step
+    row, at = next((b, i) for b, tokens in enumerate(free) for i in range(2, 19) if tokens[i] not in tokens[:i])
+    monkeypatch.setattr(any_state.tokenizer, "eos_id", free[row][at])
+    ended = [any_state.generate(PROMPTS, 20, decode_chunk=chunk) for chunk in (1, DECODE_CHUNK)]
+    assert ended[0].tokens == ended[1].tokens and ended[1].tokens[row] == free[row][:at]
+    monkeypatch.undo()
+    texts = [any_state.tokenizer.decode(tokens) for tokens in free]
+    row, start = next((b, i) for b, text in enumerate(texts) for i in range(2, 15)  # a stop text's first place
+                      if text[i] != "\ufffd" and text.find(text[i]) == i)
+    cut = [any_state.generate(PROMPTS, 20, ignore_eos=True, stop=[texts[row][start]], decode_chunk=chunk)
+           for chunk in (1, DECODE_CHUNK)]
+    assert cut[0].tokens == cut[1].tokens and cut[0].texts == cut[1].texts
+    assert cut[1].texts[row] == texts[row][:start] and cut[1].new_tokens[row] < 20
 
 
 @contextlib.contextmanager
@@ -192,12 +243,13 @@ def count_compiles():
 
 
 def test_one_compile_per_generation_and_none_within_a_bucket():
-    generator = byte_generator(FAMILIES["sinusoidal"])
+    """20 new tokens take two calls of the decoding chunk: one compile; 30 (same cache size) compile nothing."""
+    generator = byte_generator("sinusoidal")
     with count_compiles() as compiles:
         generator.generate(["abc", "hello"], max_new_tokens=20, ignore_eos=True)
-    assert len(generator._compiled) == 3  # prefill, first-token sampling, the decode step
+    assert len(generator._compiled) == 3  # prefill, first-token sampling, the decode chunk
     with count_compiles() as more:
-        generator.generate(["a prompt of 14", "xy"], max_new_tokens=20, ignore_eos=True)  # same bucket (16)
+        generator.generate(["a prompt of 14", "xy"], max_new_tokens=30, ignore_eos=True)  # same bucket (16)
     assert compiles and not more
     with count_compiles() as longer:
         generator.generate(["a prompt longer than sixteen bytes", "xy"], max_new_tokens=20, ignore_eos=True)
@@ -219,7 +271,7 @@ def test_streamed_text_is_the_final_text(generator):
 
 
 def test_rolling_cache_decodes_past_the_cache_size():
-    generator = byte_generator(FAMILIES["rope_sinks"], layout=CacheLayout(window=8, sinks=2))
+    generator = byte_generator("rope_sinks", layout=CacheLayout(window=8, sinks=2))
     result = generator.generate(PROMPTS, max_new_tokens=30, ignore_eos=True)  # far past 10 slots
     assert result.new_tokens == [30, 30, 30]
     state = generator.model.init_state(3, CacheLayout(window=8, sinks=2))
@@ -228,13 +280,15 @@ def test_rolling_cache_decodes_past_the_cache_size():
 
 
 def test_bad_input_fails_before_compiling():
-    generator = byte_generator(FAMILIES["learned"])  # 48 learned positions
+    generator = byte_generator("learned")  # 48 learned positions
     with pytest.raises(ValueError, match="prompt 2 is empty"):
         generator.generate(["ok", ""], max_new_tokens=4)
     with pytest.raises(ValueError, match="passes the model's 48 learned positions"):
         generator.generate("x" * 40, max_new_tokens=10)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         generator.generate("x", max_new_tokens=0)
+    with pytest.raises(ValueError, match="decode_chunk=0"):
+        generator.generate("x", max_new_tokens=4, decode_chunk=0)
     assert not generator._compiled
     for bad, message in [({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
                          ({"top_p": 1.5}, "top_p"), ({"top_k": 0}, "top_k")]:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY_YAML
 
-from chimera_jax.cli.generate import main
+from chimera_jax.cli.generate import GenerateArgs, main
 from chimera_jax.config import ConfigError, load_config
-from chimera_jax.generate.engine import Generator
+from chimera_jax.generate.engine import DECODE_CHUNK, Generator
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "scripts" / "generate.py")
@@ -62,14 +62,17 @@ def greedy(run, tmp_path_factory):
     return generation, out.pieces, json.loads(path.read_text())
 
 
-def test_greedy_streams_and_is_the_same_again_and_without_cache(run, greedy):
+def test_greedy_streams_and_is_the_same_again_in_other_chunks_and_without_cache(run, greedy):
     generation, pieces, _ = greedy
     text = generation.texts[0]
     assert generation.new_tokens == [NEW] and len(text) > 0
     assert "".join(pieces) == text + "\n" and len(pieces) > 2  # streamed as produced, then a newline
-    again = main(["--checkpoint", run, "--prompt", SHORT, "--max-new-tokens", str(NEW)])
+    out = Pieces()
+    with redirect_stdout(out):  # 11 steps in calls of 5, the last running 4 past the end
+        chunked = main(["--checkpoint", run, "--prompt", SHORT, "--max-new-tokens", str(NEW), "--decode-chunk", "5"])
     recomputed = main(["--checkpoint", run, "--prompt", SHORT, "--max-new-tokens", str(NEW), "--no-cache"])
-    assert again.tokens == recomputed.tokens == generation.tokens
+    assert chunked.tokens == recomputed.tokens == generation.tokens and "".join(out.pieces) == text + "\n"
+    assert GenerateArgs(checkpoint=run).decode_chunk == DECODE_CHUNK
 
 
 def test_json_has_the_results_and_the_settings(greedy, run):
@@ -124,6 +127,7 @@ BEFORE_LOADING = [  # (arguments after --checkpoint RUN, a part of the one-line 
     (["--prompt", "a", "--no-cache", "--window", "8"], "window: --no-cache keeps no cache"),
     (["--prompt", "a", "--sink-tokens", "4"], "sink_tokens: --sink-tokens needs --window"),
     (["--prompt", "a", "--window", "0"], "window >= 1"),
+    (["--prompt", "a", "--decode-chunk", "0"], "decode_chunk: --decode-chunk 0 must be >= 1"),
 ]
 BEFORE_COMPILING = [
     (["--prompt", "x" * 30, "--max-new-tokens", "3"], "a prompt of 30 tokens plus max_new_tokens=3 passes the "

@@ -2,7 +2,7 @@
 with like.
 
     chimera-bench inference [--quick] [--presets dense moe ti_ssm] [--usd-per-hour X] [--json FILE]
-        [--repeats 3] [--batches 1 8] [--torch-threads N]
+        [--repeats 3] [--batches 1 8] [--torch-threads N] [--decode-chunk 16]
     python scripts/bench.py inference --quick --json /tmp/bench.json   # tiny shapes: a smoke run
     python scripts/bench.py inference --usd-per-hour 3.5 --json bench.json   # the presets' sizes, priced
 
@@ -18,7 +18,8 @@ dense model's weights exported to HF (torch eager, KV cache), and decode ms/toke
 Batch B groups the 10 prompts B at a time (wrapping round so each batch is full). Each figure is the median
 over ``--repeats`` passes of all the batches, after one untimed pass that compiles every shape. Recompute
 is timed on the first batch only: its cost per token depends on the shape, not the text, and it is by far
-the slowest part of the bench.
+the slowest part of the bench. Cached decoding runs ``--decode-chunk`` steps per host call (the engine's
+default); decode tokens/s counts the tokens asked for, not the steps a last chunk runs past them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class InferenceArgs:
     repeats: int | None = None  # timed passes per figure (the median is reported); None: 3, or 1 with --quick
     torch_threads: int | None = None  # torch's intra-op threads; None: torch's default (one per core)
     batches: list[int] = field(default_factory=lambda: [1, 8])  # batch sizes to time
+    decode_chunk: int = 16  # cached decoding steps per host call (engine.DECODE_CHUNK)
     json: str | None = None  # also write every figure to this JSON file
 
 
@@ -182,7 +184,7 @@ def device_header(torch_device: str) -> str:
 
 
 def decoding_rows(generators: dict[str, Generator], cases: list[Setting], batches: list[int], repeats: int,
-                  usd_per_hour: float) -> list[dict]:
+                  usd_per_hour: float, decode_chunk: int) -> list[dict]:
     """Every preset, setting and batch size: cached decoding, and recompute as the baseline."""
     rows = []
     for setting in cases:
@@ -194,7 +196,8 @@ def decoding_rows(generators: dict[str, Generator], cases: list[Setting], batche
                 for cache in (True, False):
                     log.info("%s: %s at batch %d, %s", setting.name, name, batch, "cached" if cache else "recompute")
                     timings[cache] = timed(
-                        lambda g, gen=gen, s=setting, c=cache: gen.generate(g, s.new_tokens, cache=c, ignore_eos=True),
+                        lambda g, gen=gen, s=setting, c=cache: gen.generate(g, s.new_tokens, cache=c, ignore_eos=True,
+                                                                           decode_chunk=decode_chunk),
                         groups if cache else groups[:1], setting.new_tokens, repeats)
                 cached, recompute = timings[True], timings[False]
                 rows.append({"setting": setting.name, "preset": name, "batch": batch, **dataclasses.asdict(cached),
@@ -225,7 +228,7 @@ def torch_rows(hf_model, tokenizer: Tokenizer, cases: list[Setting], batches: li
 
 
 def context_sweep(generators: dict[str, Generator], contexts: Sequence[int], new_tokens: int,
-                  repeats: int) -> list[dict]:
+                  repeats: int, decode_chunk: int) -> list[dict]:
     """Decode ms/token at batch 1 after prompts of each length: ti_ssm's should not grow, dense's may."""
     long_text = "\n\n".join(articles())  # about 20,000 bytes: past the longest context swept
     rows = []
@@ -236,8 +239,9 @@ def context_sweep(generators: dict[str, Generator], contexts: Sequence[int], new
                 log.info("context %d: %s", context, name)
                 gen = generators[name]
                 prompt = [cut(long_text, context, gen.tokenizer)]
-                row[f"{name}_ms_per_token"] = timed(lambda g, gen=gen: gen.generate(g, new_tokens, ignore_eos=True),
-                                                    [prompt], new_tokens, repeats).ms_per_token
+                row[f"{name}_ms_per_token"] = timed(
+                    lambda g, gen=gen: gen.generate(g, new_tokens, ignore_eos=True, decode_chunk=decode_chunk),
+                    [prompt], new_tokens, repeats).ms_per_token
         rows.append(row)
     return rows
 
@@ -245,8 +249,8 @@ def context_sweep(generators: dict[str, Generator], contexts: Sequence[int], new
 def inference(argv: Sequence[str]) -> dict:
     args = parse(InferenceArgs, argv)
     repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
-    if repeats < 1 or args.usd_per_hour <= 0 or min(args.batches) < 1 or (args.torch_threads or 1) < 1:
-        raise ConfigError("repeats, batches and torch-threads must be >= 1 and usd-per-hour > 0")
+    if min(repeats, *args.batches, args.torch_threads or 1, args.decode_chunk) < 1 or args.usd_per_hour <= 0:
+        raise ConfigError("repeats, batches, torch-threads and decode-chunk must be >= 1 and usd-per-hour > 0")
     import jax
 
     from chimera_jax.bridge.convert import to_hf
@@ -269,17 +273,18 @@ def inference(argv: Sequence[str]) -> dict:
     header = device_header(torch_device)
     log.info(header)
 
-    rows = decoding_rows(generators, cases, args.batches, repeats, args.usd_per_hour)
+    rows = decoding_rows(generators, cases, args.batches, repeats, args.usd_per_hour, args.decode_chunk)
     torch = []
     if "dense" in generators:
         longest = max(contexts[-1], *(max(map(len, tokenizer.encode_batch(s.prompts))) for s in cases))
         hf_model = to_hf(generators["dense"].model, configs["dense"].model, n_positions=longest + 64)
         torch = torch_rows(hf_model.to(torch_device), tokenizer, cases, args.batches, repeats, rows)
     sweep_tokens = 4 * cases[-1].new_tokens  # more tokens per point than the table: a steadier ms/token
-    sweep = context_sweep(generators, contexts, sweep_tokens, repeats)
+    sweep = context_sweep(generators, contexts, sweep_tokens, repeats, args.decode_chunk)
 
     memory, memory_kind = peak_memory("jax")
     result = {"header": header, "quick": args.quick, "usd_per_hour": args.usd_per_hour, "repeats": repeats,
+              "decode_chunk": args.decode_chunk,
               "settings": {s.name: s.about for s in cases},
               "params": {name: param_report(gen.model) for name, gen in generators.items()},
               "configs": {n: dataclasses.asdict(c.model) for n, c in configs.items()}, "rows": rows,
@@ -347,6 +352,8 @@ def report(result: dict) -> str:
              f"batch B: the 10 prompts B at a time (wrapping round to fill the last batch); each figure is the median "
              f"of {result['repeats']} passes after one untimed pass that compiles every shape; recompute: the first "
              "batch only (same shape as the others)",
+             f"cached decoding: {result['decode_chunk']} steps per host call; decode tok/s counts the tokens asked "
+             "for (new tokens - 1 per row), not the steps the last call runs past them",
              f"cost per 1M generated tokens at ${result['usd_per_hour']}/hour: usd_per_hour / 3600 / decode tokens/s "
              f"x 1e6; state MiB: KV caches or SSM states of the batch at its final length",
              f"process peak memory over the whole run: {result['peak_memory_mib']:,.0f} MiB "

@@ -2,7 +2,7 @@
 
     chimera-generate --checkpoint RUN_DIR [--prompt TEXT ... | --prompts FILE] [--max-new-tokens 64]
         [--temperature 0] [--top-k K] [--top-p 1] [--seed 0] [--stop TEXT ...] [--no-cache] [--ignore-eos]
-        [--step N] [--depth L] [--window W --sink-tokens S] [--json out.json]
+        [--step N] [--depth L] [--window W --sink-tokens S] [--decode-chunk 16] [--json out.json]
     python scripts/generate.py --checkpoint checkpoints/dense --prompt "The government said" --max-new-tokens 40
     python scripts/generate.py --checkpoint checkpoints/dense --prompts prompts.txt --temperature 0.8 --top-p 0.9
 
@@ -14,6 +14,8 @@ several are printed, labelled, when all are done. Each stops at ``--max-new-toke
 decode tokens/s, compile time) goes to stderr; ``--json`` writes it with the texts and the settings.
 
 ``--no-cache`` re-runs the whole sequence for every token (the reference the cache is tested against).
+``--decode-chunk N`` runs N cached decoding steps per call from the host (the text is the same for any N;
+the stream then arrives N tokens at a time).
 ``--window W --sink-tokens S`` keeps only the first S and the last W tokens in each attention layer's
 cache (StreamingLLM), to run past the training context in constant memory. ``--depth`` runs a
 time-indexed model's shared block L times. In a notebook, the same call is
@@ -54,6 +56,7 @@ class GenerateArgs:
     depth: int | None = None  # time-indexed models: run the shared block this many times
     window: int | None = None  # rolling KV cache: keep the last W tokens (None: a full cache)
     sink_tokens: int = 0  # with --window: also keep the first S tokens for good
+    decode_chunk: int = 16  # cached decoding steps per host call (engine.DECODE_CHUNK)
     json: str | None = None  # also write the texts, timings and settings to this JSON file
 
 
@@ -94,6 +97,8 @@ def main(argv: Sequence[str]) -> Generation:
         raise ConfigError("sink_tokens: --sink-tokens needs --window (a full cache keeps every token anyway)")
     if args.window is not None and args.no_cache:
         raise ConfigError("window: --no-cache keeps no cache to roll; drop --window or --no-cache")
+    if args.decode_chunk < 1:
+        raise ConfigError(f"decode_chunk: --decode-chunk {args.decode_chunk} must be >= 1")
     from chimera_jax.generate.engine import Generator  # JAX loads only once the arguments are known good
     from chimera_jax.generate.sampling import Sampling
     from chimera_jax.models.kv_cache import CacheLayout
@@ -112,7 +117,7 @@ def main(argv: Sequence[str]) -> Generation:
     single = len(prompts) == 1
     generation = generator.generate(
         prompts[0] if single else prompts, args.max_new_tokens, sampling, seed=args.seed, stop=args.stop,
-        cache=not args.no_cache, ignore_eos=args.ignore_eos,
+        cache=not args.no_cache, ignore_eos=args.ignore_eos, decode_chunk=args.decode_chunk,
         on_text=(lambda text: print(text, end="", flush=True)) if single else None)
     if single:
         print()

@@ -1,15 +1,20 @@
 """Autoregressive generation from any model family.
 
-With a cache (the default), the prompts are prefilled once and each new token is one jitted step over the
+With a cache (the default), the prompts are prefilled once and each new token is one step over the
 decoding state (``Decoder.extend``: a KV cache per attention layer, convolution and scan states per SSM
-layer, one state per depth of a time-indexed stack). Without one, every token re-runs the whole sequence
-through ``Decoder.__call__``: the reference the cache is tested against and the baseline benchmarks
-divide by.
+layer, one state per depth of a time-indexed stack). One host call runs ``decode_chunk`` steps in a
+``lax.scan``, since at small batches the host's dispatch of a call costs a good part of a step; the host
+then sees the tokens (EOS, stop texts, the stream) a chunk at a time and drops those past a row's end.
+Without a cache, every token re-runs the whole sequence through ``Decoder.__call__``, one call per token:
+the reference the cache is tested against and the baseline benchmarks divide by.
 
 Shapes are fixed per generation: prompts are right-padded to a bucket (a power of two, at least
 ``MIN_BUCKET``) and the cache is sized for the bucket plus ``max_new_tokens``, so a generation compiles
-its functions once and another prompt length in the same bucket compiles nothing. Token ``i`` of a
-generation is drawn with ``fold_in(PRNGKey(seed), i)`` in both modes: the same seed gives the same text.
+its functions once and another prompt length in the same bucket compiles nothing. The last chunk may run
+past ``max_new_tokens`` (a generation shorter than a chunk runs just its steps): those steps feed their
+token as padding (position -1), which writes no cache slot and leaves SSM states as they were, so they need
+no room and no learned position. Token ``i`` of a generation is drawn with ``fold_in(PRNGKey(seed), i)`` in
+every mode and chunk size: the same seed gives the same text.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import equinox as eqx
@@ -32,6 +38,7 @@ from chimera_jax.models.transformer import Decoder
 from chimera_jax.tokenizer import Tokenizer, get_tokenizer
 
 GREEDY = Sampling()
+DECODE_CHUNK = 16  # cached decoding steps per host call
 MIN_BUCKET = 16
 CACHE_ROUND = 64  # full caches are sized in multiples of this, so nearby lengths share a compile
 # Per backend. On CPU, XLA's default live-range analysis copies a donated KV cache (twice) before a step writes
@@ -55,7 +62,9 @@ class Generation:
     compile_s: float
     prefill_ms: float  # the prompts' forward pass, state included
     first_token_ms: float  # request to first new tokens on the host: prefill, sampling, transfer
-    decode_tokens_per_s: float | None  # after the first token, tokens of the whole batch per second (None: no step)
+    # after the first token, tokens of the whole batch per second, counting each row's steps up to max_new_tokens
+    # (a last chunk's steps past it are timed but not counted); None: no step
+    decode_tokens_per_s: float | None
 
     @property
     def new_tokens(self) -> list[int]:
@@ -126,12 +135,13 @@ class Generator:
     def _model(self, params: list) -> Decoder:
         return eqx.combine(jax.tree_util.tree_unflatten(self.param_def, params), self.static)
 
-    def _cached_fns(self, batch: int, width: int, layout: CacheLayout, sampling: Sampling):
-        """``(prefill, sample, step)`` for ``batch`` prompts padded to ``width`` and a cache of ``layout``.
+    def _cached_fns(self, batch: int, width: int, layout: CacheLayout, sampling: Sampling, chunk: int):
+        """``(prefill, sample, decode)`` for ``batch`` prompts padded to ``width`` and a cache of ``layout``.
 
-        ``step(params, key, carry) -> (token, carry)`` with ``carry = (token, state leaves, position, index)``:
-        all on the device, so a step sends nothing from the host. The carry is donated, the token returned
-        beside it is not, so the host may read it later.
+        ``decode(params, key, limit, carry) -> (tokens [chunk, batch], carry)`` runs ``chunk`` steps, with
+        ``carry = (token, state leaves, position, index)`` all on the device, so a call sends nothing from the
+        host but ``limit``: steps drawing token ``limit`` or later feed theirs as padding. The carry is
+        donated, the tokens returned beside it are not, so the host may read them later.
         """
         def prefilled(params, tokens, positions):
             model = self._model(params)
@@ -150,12 +160,19 @@ class Generator:
         def sample(logits, key, index):
             return next_tokens(logits, jax.random.fold_in(key, index), sampling)
 
-        def step(params, key, carry):
-            token, state, position, index = carry
-            state = jax.tree_util.tree_unflatten(state_def, state)
-            logits, state = self._model(params).extend(token[:, None], state, position[:, None])
-            token = next_tokens(logits[:, 0], jax.random.fold_in(key, index), sampling)
-            return token, (token, jax.tree_util.tree_leaves(state), position + 1, index + 1)
+        def decode(params, key, limit, carry):
+            model = self._model(params)
+
+            def step(carry, _):
+                token, state, position, index = carry
+                state = jax.tree_util.tree_unflatten(state_def, state)
+                fed = jnp.where(index < limit, position, -1)  # past the last token kept: padding, a no-op
+                logits, state = model.extend(token[:, None], state, fed[:, None])
+                token = next_tokens(logits[:, 0], jax.random.fold_in(key, index), sampling)
+                return (token, jax.tree_util.tree_leaves(state), position + 1, index + 1), token
+
+            carry, tokens = jax.lax.scan(step, carry, length=chunk)
+            return tokens, carry
 
         row, key, index = (jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.uint32),
                            jax.ShapeDtypeStruct((), jnp.int32))
@@ -163,17 +180,18 @@ class Generator:
         return (self._compile(("prefill", batch, width, layout), prefill, self.params, ints, ints),
                 self._compile(("sample", batch, sampling), sample, logits, key, index),
                 # the carry is donated: the cache is updated in place, not copied every token
-                self._compile(("step", batch, layout, sampling), step, self.params, key, carry, donate=(2,)))
+                self._compile(("decode", batch, layout, sampling, chunk), decode, self.params, key, index, carry,
+                              donate=(3,)))
 
     def _recompute_fn(self, batch: int, span: int, sampling: Sampling):
-        """``(params, key, carry) -> (token, carry)`` with ``carry = (token, buffer [batch, span], current,
-        index)``: one token for every row by re-running the whole buffer."""
+        """``(params, key, carry) -> (tokens [1, batch], carry)`` with ``carry = (token, buffer [batch, span],
+        current, index)``: one token for every row by re-running the whole buffer."""
         def recompute(params, key, carry):
             _, buffer, current, index = carry
             logits, _ = self._model(params)(buffer, inference=True)
             rows = jnp.arange(batch)
             token = next_tokens(logits[rows, current - 1], jax.random.fold_in(key, index), sampling)
-            return token, (token, buffer.at[rows, current].set(token, mode="drop"), current + 1, index + 1)
+            return token[None], (token, buffer.at[rows, current].set(token, mode="drop"), current + 1, index + 1)
 
         row = jax.ShapeDtypeStruct((batch,), jnp.int32)
         carry = (row, jax.ShapeDtypeStruct((batch, span), jnp.int32), row, jax.ShapeDtypeStruct((), jnp.int32))
@@ -183,13 +201,16 @@ class Generator:
     # ---- generation ----
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 64, sampling: Sampling = GREEDY, *,
                  seed: int = 0, stop: Sequence[str] = (), cache: bool = True, ignore_eos: bool = False,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
+                 decode_chunk: int = DECODE_CHUNK, on_text: Callable[[str], None] | None = None) -> Generation:
         """Continue each prompt by up to ``max_new_tokens`` tokens (fewer where EOS or a ``stop`` text comes
-        first; the text is cut before it). ``on_text`` receives the text of a single prompt as it is made."""
+        first; the text is cut before it). ``decode_chunk``: cached steps per host call (the tokens are the
+        same for any); ``on_text`` receives the text of a single prompt as it is made."""
         single = isinstance(prompts, str)
         ids = self.encode([prompts] if single else prompts)
         lengths = np.array([len(row) for row in ids])
         self.check_lengths(lengths.tolist(), max_new_tokens)
+        if decode_chunk < 1:
+            raise ValueError(f"decode_chunk={decode_chunk} must be >= 1")
         if on_text is not None and len(ids) > 1:
             raise ValueError("streaming (on_text) is for a single prompt")
         batch, width = len(ids), bucket(int(lengths.max()))
@@ -202,7 +223,9 @@ class Generator:
 
         if cache:
             layout = self.layout or CacheLayout(window=CACHE_ROUND * math.ceil((width + max_new_tokens) / CACHE_ROUND))
-            prefill, sample, step = self._cached_fns(batch, width, layout, sampling)
+            # a generation shorter than a chunk runs its steps in one call of just that many
+            chunk = max(1, min(decode_chunk, max_new_tokens - 1))
+            prefill, sample, decode = self._cached_fns(batch, width, layout, sampling, chunk)
             positions = np.where(np.arange(width) < lengths[:, None], np.arange(width), -1).astype(np.int32)
             start = time.perf_counter()
             last, state = prefill(self.params, tokens, positions)
@@ -210,34 +233,36 @@ class Generator:
             prefill_s = time.perf_counter() - start
             token = sample(last, key, np.int32(0))
             carry = (token, state, jnp.asarray(lengths, jnp.int32), jnp.ones((), jnp.int32))
+            call, per_call = partial(decode, self.params, key, np.int32(max_new_tokens)), chunk
         else:
             span = width + max_new_tokens
             if self.max_positions is not None:
                 span = min(span, self.max_positions)
-            step = self._recompute_fn(batch, span, sampling)
+            recompute = self._recompute_fn(batch, span, sampling)
             buffer = np.pad(tokens, ((0, 0), (0, span - width)))
             start = time.perf_counter()
-            token, carry = step(self.params, key,
-                                (np.zeros(batch, np.int32), buffer, lengths.astype(np.int32), np.int32(0)))
+            first, carry = recompute(self.params, key,
+                                     (np.zeros(batch, np.int32), buffer, lengths.astype(np.int32), np.int32(0)))
+            token = first[0]
             jax.block_until_ready(token)
             prefill_s = time.perf_counter() - start
-
-        def advance():
-            nonlocal carry
-            token, carry = step(self.params, key, carry)
-            return token
+            call, per_call = partial(recompute, self.params, key), 1
 
         rows.add(np.asarray(token))
         first_token_s = time.perf_counter() - start
-        steps, queued = 0, []
+        steps, queued = 0, []  # steps: tokens per row decoded after the first, up to max_new_tokens
         while steps + 1 < max_new_tokens and not rows.all_done:
-            steps += 1
-            if rows.watching:  # EOS, a stop text or the stream needs each token on the host as it comes
-                rows.add(np.asarray(advance()))
-            else:  # else the steps run ahead of the host, which reads them all at the end
-                queued.append(advance())
-        for new in jax.device_get(queued):
-            rows.add(new)
+            new, carry = call(carry)
+            kept = min(per_call, max_new_tokens - 1 - steps)  # a last chunk's steps past max_new_tokens are dropped
+            steps += kept
+            if rows.watching:  # EOS, a stop text or the stream needs the tokens on the host as they come
+                for row_tokens in np.asarray(new)[:kept]:
+                    rows.add(row_tokens)
+            else:  # else the calls run ahead of the host, which reads them all at the end
+                queued.append((new, kept))
+        for new, kept in jax.device_get(queued):
+            for row_tokens in new[:kept]:
+                rows.add(row_tokens)
         decode_s = time.perf_counter() - start - first_token_s
         rows.finish()
         return Generation(texts=rows.texts, tokens=rows.tokens, prompt_tokens=lengths.tolist(),

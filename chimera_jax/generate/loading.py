@@ -7,10 +7,12 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from chimera_jax.config import RunConfig
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.expert_list import ExpertList
+from chimera_jax.models.layers import Linear
 from chimera_jax.models.moe import MoE
 from chimera_jax.models.transformer import Decoder
 from chimera_jax.train.checkpoint import load_model
@@ -39,12 +41,24 @@ def load_for_decoding(run_dir: str | Path, *, step: int | None = None,
     return model, cfg
 
 
+def untied_head(model: Decoder) -> Decoder:
+    """``model`` with a tied output head stored as a head of its own, the embedding's transpose: same numbers,
+    but XLA:CPU would otherwise copy the transposed [vocab, d_model] table out on every decoding step."""
+    if model.head is not None:
+        return model
+    vocab, d_model = model.embed.weight.shape
+    skeleton = eqx.filter_eval_shape(lambda: Linear(d_model, vocab, key=jax.random.PRNGKey(0), bias=False))
+    head = eqx.tree_at(lambda h: h.weight, skeleton, jnp.asarray(model.embed.weight.T))
+    return eqx.tree_at(lambda m: m.head, model, head, is_leaf=lambda x: x is None)
+
+
 def decoding_layout(model: Decoder) -> Decoder:
-    """``model`` with its arrays laid out for decoding, same numbers: one block per layer (``LayerList``), and
-    each dropless MoE layer's experts as separate modules (``ExpertList``). A step then reads every weight
-    where it lies, where slicing a layer out of a stack, or an expert out of the stacked experts, copies it."""
+    """``model`` with its arrays laid out for decoding, same numbers: one block per layer (``LayerList``), each
+    dropless MoE layer's experts as separate modules (``ExpertList``) and the head untied. A step then reads
+    every weight where it lies, where slicing a layer out of a stack, or an expert out of the stacked experts,
+    or transposing the tied embedding, copies it."""
     def dropless_experts(m: Decoder) -> list[eqx.Module]:
         return [b.ffn.experts for b in m.stack.blocks if isinstance(b.ffn, MoE) and b.ffn.dispatch == "dropless"]
 
-    model = model.with_layer_list()
+    model = untied_head(model.with_layer_list())
     return eqx.tree_at(dropless_experts, model, [ExpertList.split(e) for e in dropless_experts(model)])
