@@ -330,7 +330,8 @@ def test_a_checkpoint_neither_a_run_nor_an_hf_model_is_one_line_before_compiling
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     reasons = {tmp_path / "empty": "Unrecognized model", tmp_path / "bert": "cannot import HF model_type 'bert'",
-               tmp_path / "nope.gguf": "no such GGUF file", "no-such-org/no-such-model": "couldn't connect"}
+               tmp_path / "nope.gguf": "no such GGUF file", tmp_path / "gone": "no such HF model folder",
+               "no-such-org/no-such-model": "couldn't connect"}
     for spec, reason in reasons.items():
         with pytest.raises(ConfigError) as err:
             finetune_cli.main(["--checkpoint", str(spec), "--stage", "sft", "--data", str(data), "--out",

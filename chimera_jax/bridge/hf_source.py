@@ -34,7 +34,11 @@ def pretrained_args(spec: str) -> tuple[str, dict]:
         if not path.is_file():
             raise FileNotFoundError(f"no such GGUF file: {path}")
         return str(path.parent), {"gguf_file": path.name}
-    return (str(path) if path.exists() else spec), {}
+    if path.exists():
+        return str(path), {}
+    if spec.startswith(("/", ".", "~")):  # a path, not a hub name: say so, not "Repo id must be in the form ..."
+        raise FileNotFoundError(f"no such HF model folder: {path}")
+    return spec, {}
 
 
 def recorded_spec(spec: str) -> str:
