@@ -14,6 +14,7 @@ import pytest
 from chimera_jax.config import ModelConfig, MoEConfig, SSMConfig, TimeConfig
 from chimera_jax.models.attention import Attention, fused_attention, reference_attention
 from chimera_jax.models.builder import build_model
+from chimera_jax.models.layers import matmul
 from chimera_jax.models.params import param_report
 from chimera_jax.models.transformer import Context
 
@@ -53,10 +54,25 @@ def test_key_padding_mask_hides_padded_keys():
     np.testing.assert_allclose(a[:, keep], b[:, keep], atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matmul_gradients_are_those_of_the_plain_product(dtype):
+    """``layers.matmul``'s own backward pass gives ``x @ w``'s value and gradients, batch axes and all."""
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+    x, w = jax.random.normal(kx, (2, 3, 4), dtype), jax.random.normal(kw, (4, 5), dtype)
+    cotangent = jax.random.normal(kg, (2, 3, 5), dtype)
+    ours = jax.value_and_grad(lambda x, w: jnp.sum(matmul(x, w) * cotangent), argnums=(0, 1))(x, w)
+    plain = jax.value_and_grad(lambda x, w: jnp.sum((x @ w) * cotangent), argnums=(0, 1))(x, w)
+    rtol = 1e-2 if dtype == jnp.bfloat16 else 1e-6
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(plain), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=rtol, atol=1e-6)
+
+
 @pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "right_padding"])
 def test_fused_attention_equals_the_reference(n_kv_heads, padded):
-    """``jax.nn.dot_product_attention`` and the Haliax reference: same output and gradients (f32)."""
+    """The fused core (on CPU ``cpu_attention``, whose backward pass recomputes the probabilities) and the Haliax
+    reference: same output and gradients (f32)."""
     B, T, H, hd = 2, 7, 4, 8
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     q = jax.random.normal(k[0], (B, T, H, hd))

@@ -130,16 +130,32 @@ def block_causal_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G h
     return jnp.concatenate(out, axis=1)
 
 
-def fused_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
+def whole_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
                     key_mask: Bool[Array, "B T"] | None) -> Float[Array, "B T H hd"]:
-    """The same attention as ``reference_attention`` without dropout, as ``jax.nn.dot_product_attention``
-    (it takes the G < H key/value heads as they are): on CPU in causal blocks past ``CAUSAL_BLOCK`` tokens,
-    elsewhere whole, as one call to the platform's kernel (cuDNN's on GPU where it applies)."""
-    # Chosen when tracing, as ssm.py's scan: lax.platform_dependent would keep both branches under autodiff.
-    if jax.default_backend() == "cpu" and q.shape[1] > CAUSAL_BLOCK:
-        return block_causal_attention(q, k, v, key_mask, CAUSAL_BLOCK)
+    """Causal ``jax.nn.dot_product_attention`` in one call (it takes the G < H key/value heads as they are)."""
     mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, heads, queries, keys]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation=None)
+
+
+@jax.checkpoint
+def cpu_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
+                  key_mask: Bool[Array, "B T"] | None) -> Float[Array, "B T H hd"]:
+    """CPU attention, in causal blocks past ``CAUSAL_BLOCK`` tokens; its backward pass recomputes the scores and
+    probabilities from ``q, k, v``: cheaper on CPU than the layer scan storing them, [layers, B, H, T, T] each,
+    and reading them back (docs/speed.md)."""
+    if q.shape[1] > CAUSAL_BLOCK:
+        return block_causal_attention(q, k, v, key_mask, CAUSAL_BLOCK)
+    return whole_attention(q, k, v, key_mask)
+
+
+def fused_attention(q: Float[Array, "B T H hd"], k: Float[Array, "B T G hd"], v: Float[Array, "B T G hd"],
+                    key_mask: Bool[Array, "B T"] | None) -> Float[Array, "B T H hd"]:
+    """The same attention as ``reference_attention`` without dropout: ``cpu_attention`` on CPU, elsewhere
+    ``whole_attention``, one call to the platform's kernel (cuDNN's on GPU where it applies)."""
+    # Chosen when tracing, as ssm.py's scan: lax.platform_dependent would keep both branches under autodiff.
+    if jax.default_backend() == "cpu":
+        return cpu_attention(q, k, v, key_mask)
+    return whole_attention(q, k, v, key_mask)
 
 
 class Attention(eqx.Module):

@@ -9,6 +9,7 @@ convention of roles.py (``weight`` / ``w_*`` are matrices).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import equinox as eqx
 import jax
@@ -32,6 +33,29 @@ def dropout(x: Array, rate: float, key: PRNGKeyArray | None, inference: bool) ->
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+@jax.custom_vjp
+def matmul(x: Float[Array, "... d_in"], weight: Float[Array, "d_in d_out"]) -> Float[Array, "... d_out"]:
+    """``x @ weight`` whose weight gradient contracts the leading axes of ``x`` and of the output gradient as they
+    lie. Differentiated the plain way, XLA:CPU turns that product into one with a transposed copy of the output
+    gradient and runs it outside its fast matmul path: the MLP's weight gradients were the train step's slowest
+    products (docs/speed.md)."""
+    return x @ weight
+
+
+def _matmul_fwd(x: Array, weight: Array) -> tuple[Array, tuple[Array, Array]]:
+    return x @ weight, (x, weight)
+
+
+def _matmul_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, weight = res
+    dx = jax.lax.dot_general(g, weight, (((g.ndim - 1,), (1,)), ((), ())))
+    rows = (x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))  # one contracting axis: XLA:CPU's fast path
+    return dx, jax.lax.dot_general(*rows, (((0,), (0,)), ((), ())))
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 class Linear(eqx.Module):
     """``y = x @ weight + bias`` with ``weight`` stored as [in, out] (the HF Conv1D / JAX layout)."""
 
@@ -43,7 +67,7 @@ class Linear(eqx.Module):
         self.bias = jnp.zeros((d_out,)) if bias else None
 
     def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
-        y = x @ self.weight.astype(x.dtype)
+        y = matmul(x, self.weight.astype(x.dtype))
         return y if self.bias is None else y + self.bias.astype(x.dtype)
 
 
@@ -102,6 +126,12 @@ def sinusoidal_positions(positions: Int[Array, "*T"], dim: int) -> Float[Array, 
     return INIT_STD * sinusoidal_embedding(positions, dim)
 
 
+# The activations keep only their inputs for the backward pass, which recomputes the rest: saved, each of their
+# intermediates is one more [layers, tokens, d_ff] buffer the layer scan writes and reads back (docs/speed.md).
+_gelu = jax.checkpoint(partial(jax.nn.gelu, approximate=True))
+_swiglu = jax.checkpoint(lambda gate, up: jax.nn.silu(gate) * up)
+
+
 class MLP(eqx.Module):
     """Position-wise feed-forward: GELU (``w_in -> gelu -> w_out``) or SwiGLU (``silu(gate) * up -> down``)."""
 
@@ -124,8 +154,5 @@ class MLP(eqx.Module):
     def __call__(self, x: Float[Array, "... D"], *, key: PRNGKeyArray | None = None,
                  inference: bool = False) -> tuple[Float[Array, "... D"], dict]:
         with jax.named_scope("mlp"):
-            if self.w_gate is None:
-                h = jax.nn.gelu(self.w_in(x), approximate=True)
-            else:
-                h = jax.nn.silu(self.w_gate(x)) * self.w_in(x)
+            h = _gelu(self.w_in(x)) if self.w_gate is None else _swiglu(self.w_gate(x), self.w_in(x))
             return dropout(self.w_out(h), self.dropout_rate, key, inference), {}
