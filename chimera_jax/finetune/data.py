@@ -126,8 +126,8 @@ def read_dataset(source: str, split: str, limit: int | None, subset: str | None 
     path = Path(source)
     if path.is_file():
         args, kwargs = (DATASET_FILES[path.suffix],), {"data_files": str(path)}
-    else:
-        args, kwargs = (source, *([subset] if subset is not None else [])), {}
+    else:  # name: the dataset's configuration (None: its only or default one)
+        args, kwargs = (source,), {"name": subset}
     try:
         import datasets
 
