@@ -45,6 +45,9 @@ CACHE_ROUND = 64  # full caches are sized in multiples of this, so nearby length
 # the new token into it, because the attention read it first; the region-based analysis sees that the read
 # comes before the write, and the cache is updated in place.
 COMPILER_OPTIONS = {"cpu": {"xla_cpu_copy_insertion_use_region_analysis": True}}
+# Added for the decoding steps, whose matmuls have as many rows as the batch: at a few rows XLA:CPU's Eigen
+# kernels beat the YNNPACK ones it picks by default, where a prefill's many rows run faster on YNNPACK.
+DECODE_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
 
 
 def bucket(n: int) -> int:
@@ -124,11 +127,14 @@ class Generator:
                              f"model's {self.max_positions} learned positions")
 
     # ---- compiled pieces: lowered from shapes, so nothing runs (or is timed) while compiling ----
-    def _compile(self, name: tuple, fn: Callable, *args, donate: tuple[int, ...] = ()) -> Callable:
+    def _compile(self, name: tuple, fn: Callable, *args, donate: tuple[int, ...] = (),
+                 options: dict[str, dict] | None = None) -> Callable:
         if name not in self._compiled:
             start = time.perf_counter()
             lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
-            self._compiled[name] = lowered.compile(COMPILER_OPTIONS.get(jax.default_backend()))
+            backend = jax.default_backend()
+            self._compiled[name] = lowered.compile({**COMPILER_OPTIONS.get(backend, {}),
+                                                    **(options or {}).get(backend, {})})
             self.compile_s += time.perf_counter() - start
         return self._compiled[name]
 
@@ -181,7 +187,7 @@ class Generator:
                 self._compile(("sample", batch, sampling), sample, logits, key, index),
                 # the carry is donated: the cache is updated in place, not copied every token
                 self._compile(("decode", batch, layout, sampling, chunk), decode, self.params, key, index, carry,
-                              donate=(3,)))
+                              donate=(3,), options=DECODE_OPTIONS))
 
     def _recompute_fn(self, batch: int, span: int, sampling: Sampling):
         """``(params, key, carry) -> (tokens [1, batch], carry)`` with ``carry = (token, buffer [batch, span],
