@@ -174,7 +174,8 @@ TOKENIZERS = {"gpt2": GPT2Tokenizer, "byte": ByteTokenizer}
 # Vocabulary sizes known without building a tokenizer, so configs are checked before any work.
 VOCAB_SIZES = {"gpt2": 50257, "byte": 256}
 # ``hf:SPEC``: an imported HF model's own tokenizer (SPEC: a hub name, folder, .gguf or packaged name such as
-# smollm2; chimera_jax/bridge/hf_load.py), the tokenizer of a run fine-tuned from that model.
+# smollm2; chimera_jax/bridge/hf_load.py). A run fine-tuned from that model keeps a copy, ``hf:/abs/RUN/tokenizer``
+# (chimera_jax/finetune/stage.py ``tokenizer_copy``).
 HF_PREFIX = "hf:"
 
 

@@ -1,7 +1,7 @@
 """Fine-tuning: the template's masks and bad-record counts, the SFT and DPO losses against hand-written oracles,
 SFT and DPO runs through the training loop (loss falls, held-out preference accuracy rises, exact resume), runs
-started from an imported HF model and read from an HF dataset folder (the same numbers as from the run and JSONL),
-and one-line errors before anything compiles."""
+started from an imported HF model and read from an HF dataset folder (the same numbers as from the run and JSONL;
+the run keeps the model's tokenizer), and one-line errors before anything compiles."""
 
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ import pytest
 from conftest import TINY_YAML
 
 from chimera_jax.bridge.convert import export_run
+from chimera_jax.bridge.imported_tokenizer import fingerprint, imported_tokenizer
 from chimera_jax.cli import finetune as finetune_cli
 from chimera_jax.config import ConfigError, FinetuneConfig, load_config
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.eval.run import evaluate_checkpoint
 from chimera_jax.finetune.data import TEMPLATE, encode_records, read_records, step_rows
 from chimera_jax.finetune.losses import _dpo_step_loss, batch_logps, dpo_loss, sft_loss
-from chimera_jax.finetune.stage import finetune, finetune_config, sft_validation
+from chimera_jax.finetune.stage import finetune, finetune_config, sft_validation, tokenizer_to_keep
+from chimera_jax.generate.engine import Generator
 from chimera_jax.tokenizer import get_tokenizer
-from chimera_jax.train.checkpoint import load_model
+from chimera_jax.train.checkpoint import load_model, load_run_config
 from chimera_jax.train.loop import train
 from chimera_jax.train.metrics import read_metrics
 from chimera_jax.train.step import token_nll
@@ -257,7 +259,8 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
     from_hf = ft_config(exported, tmp_path / "hf", "sft", folder, *steps, "--data.seq_len", str(SEQ),
                         "--data.cache_dir", str(token_cache), "--finetune.prompt_field", "instruction",
                         "--finetune.response_field", "output")
-    assert (from_hf.name, from_hf.data.tokenizer) == ("tiny-hf-sft", f"hf:{exported.resolve()}")
+    kept = (tmp_path / "hf" / "sft" / "tokenizer").resolve()
+    assert (from_hf.name, from_hf.data.tokenizer) == ("tiny-hf-sft", f"hf:{kept}")
     assert from_hf.data.tokenizer != from_run.data.tokenizer == "byte"
     summaries = finetune(from_run), finetune(from_hf)
     assert summaries[1]["data"] == f"{folder}: 16 read, 16 used (0 truncated), 0 rejected"
@@ -277,15 +280,48 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
     assert evals[1]["bits_per_byte"] == pytest.approx(evals[0]["bits_per_byte"], rel=1e-5)
 
 
-def test_dpo_from_the_hf_folder_takes_it_as_the_reference(exported, tmp_path):
+def test_dpo_from_the_hf_folder_takes_it_as_the_reference_and_keeps_its_tokenizer(exported, tmp_path, monkeypatch):
+    """The run keeps the folder's tokenizer: once the folder is moved away it still loads, gives the folder's ids
+    and generates; resuming it, which needs the folder again (DPO's reference), says so in one line."""
+    source = shutil.copytree(exported, tmp_path / "tiny-hf")
     data = write_jsonl(tmp_path / "dpo.jsonl", dpo_records(8))
-    cfg = ft_config(exported, tmp_path, "dpo", data, "--train.steps", "1", "--train.eval_every", "1",
+    cfg = ft_config(source, tmp_path, "dpo", data, "--train.steps", "1", "--train.eval_every", "1",
                     "--train.checkpoint_every", "1", "--data.seq_len", str(SEQ))
+    kept = tmp_path / "dpo" / "tokenizer"
+    assert cfg.data.tokenizer == f"hf:{kept.resolve()}" and not kept.exists()
     finetune(cfg)
     first = read_metrics(cfg.run_dir, "train")[0]
     # The policy starts as the reference: every margin is 0.
     assert first["loss"] == pytest.approx(math.log(2), rel=1e-5) and first["accuracy"] == 0, first
     assert first["reward_margin"] == 0
+
+    moved = source.rename(tmp_path / "moved")
+    get_tokenizer.cache_clear()  # as in a later process: nothing loaded from the folder before it moved
+    monkeypatch.chdir(moved)
+    run_cfg = load_run_config(cfg.run_dir)
+    assert run_cfg.data.tokenizer == cfg.data.tokenizer
+    ours, theirs = get_tokenizer(run_cfg.data.tokenizer), imported_tokenizer(str(moved))
+    assert fingerprint(ours.hf) == fingerprint(theirs.hf)
+    assert (ours.vocab_size, ours.eos_id) == (theirs.vocab_size, theirs.eos_id)
+    np.testing.assert_array_equal(ours.id_byte_lengths(), theirs.id_byte_lengths())
+    text = "Caf\u00e9 \u65e5\u672c <|endoftext|>\n\n### Response:\n"
+    assert ours.encode(text) == theirs.encode(text) and ours.decode(theirs.encode(text)) == text
+    generation = Generator.from_run(cfg.run_dir).generate(text, max_new_tokens=4, ignore_eos=True)
+    assert generation.prompt_tokens == [len(theirs.encode(text))]
+    assert generation.texts[0] == theirs.decode(generation.tokens[0]) and generation.new_tokens == [4]
+
+    # Resuming: the source is gone. The same command, or the run's own config, stops with one line.
+    gone = f"checkpoint: {source}, the source of the run in {cfg.run_dir}, cannot be read (no such HF model folder"
+    for resume in (lambda: finetune_cli.main(["--checkpoint", str(source), "--stage", "dpo", "--data", str(data),
+                                              "--out", str(cfg.run_dir)]),
+                   lambda: finetune(run_cfg)):
+        with pytest.raises(ConfigError) as err:
+            resume()
+        assert str(err.value).startswith(gone) and "\n" not in str(err.value), str(err.value)
+    # With the source back, a resumed run names the copy and does not save it again.
+    moved.rename(source)
+    again = ft_config(source, tmp_path, "dpo", data, "--train.steps", "2")
+    assert again.data.tokenizer == cfg.data.tokenizer and tokenizer_to_keep(again) is None
 
 
 def test_an_hf_dataset_folder_or_file_is_read_by_split_offline(datasets_cache, tmp_path):

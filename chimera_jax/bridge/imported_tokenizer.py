@@ -1,7 +1,8 @@
 """An HF tokenizer as ours (``HFTokenizer``): the ``chimera_jax.tokenizer.Tokenizer`` protocol, so an HF model's
 text goes through ``chimera_jax.data.load_stream`` (documents, separators, bytes per token, the token cache)
-exactly as a chimera run's does, and a run fine-tuned from an HF model (``data.tokenizer: hf:SPEC``) keeps the
-model's own tokenizer. Imports nothing of chimera_jax.tokenizer, which loads ``hf:`` names through it.
+exactly as a chimera run's does, and a run fine-tuned from an HF model keeps the model's own tokenizer (``save``:
+a copy in the run, ``data.tokenizer: hf:/abs/RUN/tokenizer``). Imports nothing of chimera_jax.tokenizer, which
+loads ``hf:`` names through it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +49,21 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self.hf.decode([int(i) for i in ids])
+
+    def save(self, folder: Path) -> None:
+        """Write the HF tokenizer's files (``save_pretrained``) to ``folder``, which then loads as ``hf:folder``
+        with the same ids. Written whole or not at all: the processes of one run may race to save it, and a
+        half-written folder would load as another tokenizer."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            self.hf.save_pretrained(staging)
+            staging.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # else another process saved it first
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def id_byte_lengths(self) -> np.ndarray:
         """Raw UTF-8 bytes each id stands for (special tokens: 0).

@@ -4,8 +4,11 @@ TensorBoard and exact resume as pretraining).
 
 An HF model (a hub name, a folder with config.json and weights, a ``.gguf`` file or ``smollm2``:
 bridge/hf_load.py) becomes our Decoder (bridge/convert.py ``from_hf``); the run's config takes the model config
-from the HF config and names the model's tokenizer ``hf:SPEC`` (chimera_jax/tokenizer.py), so the fine-tuned run
-loads, evaluates and generates like any run. Its other settings are the defaults (``RunConfig``) and the flags.
+from the HF config. Its other settings are the defaults (``RunConfig``) and the flags.
+
+A run whose source's tokenizer is an HF model's (``hf:SPEC``: the source is an HF model, or a run fine-tuned from
+one) keeps a copy of it, ``RUN/tokenizer/``, saved when the run starts and named ``hf:/abs/RUN/tokenizer``
+(chimera_jax/tokenizer.py), so the run loads, evaluates, generates and resumes like any run without SPEC.
 
 For DPO the frozen reference is the starting model: its log-probabilities of every record's chosen and
 rejected responses are computed once, before training, and travel in the batches.
@@ -51,39 +54,65 @@ from chimera_jax.train.state import TrainerState
 log = logging.getLogger(__name__)
 
 
-def imported_config(spec: str) -> ModelConfig:
-    """The ModelConfig of the HF model ``spec``, read from its config alone (no weights)."""
+def imported_config(spec: str, run_dir: str | Path | None = None) -> ModelConfig:
+    """The ModelConfig of the HF model ``spec``, read from its config alone (no weights). ``run_dir``: the
+    fine-tuning run's directory, so that a run resumed after its source is gone says so."""
     from chimera_jax.bridge.convert import config_from_hf
 
     try:
         return config_from_hf(load_hf_config(spec))
     except (OSError, ValueError) as err:  # no such folder, file or hub name; not a model; not GPT-2 or Llama
+        why = " ".join(str(err).split())
+        if run_dir is not None and is_run_dir(str(run_dir)):
+            raise ConfigError(f"checkpoint: {spec}, the source of the run in {run_dir}, cannot be read ({why}); "
+                              "resuming that run loads it again (its starting weights, DPO's reference)") from None
         raise ConfigError(f"checkpoint: {spec} is neither a run directory (no checkpoints/ in it) nor an HF model "
-                          f"to import: {' '.join(str(err).split())}") from None
+                          f"to import: {why}") from None
 
 
-def source_config(source: str) -> RunConfig:
-    """The config a fine-tuning run starts from: a run's own, or, for an HF model, its model config and tokenizer
-    under the defaults (the window no longer than the model's positions), named after the model."""
+def source_config(source: str, run_dir: str | Path | None = None) -> RunConfig:
+    """The config a fine-tuning run (in ``run_dir``) starts from: a run's own, or, for an HF model, its model
+    config and tokenizer under the defaults (the window no longer than the model's positions), named after the
+    model."""
     if is_run_dir(source):
         try:
             return load_run_config(source)
         except CheckpointError as err:
             raise ConfigError(f"checkpoint: {err}") from None
     spec = recorded_spec(source)
-    model = imported_config(spec)
+    model = imported_config(spec, run_dir)
     data = DataConfig(tokenizer=HF_PREFIX + spec, seq_len=min(DataConfig.seq_len, model.max_seq_len))
-    return RunConfig(name=Path(spec).name.removesuffix(".gguf"), model=model, data=data)
+    return RunConfig(name=model_name(spec), model=model, data=data)
 
 
-def check_source(ft: FinetuneConfig) -> None:
-    """A one-line error, before any data is read, for a source that is neither a run nor an HF model to import."""
+def model_name(spec: str) -> str:
+    """An imported HF model's name: its hub name's, folder's or file's last part."""
+    return Path(spec).name.removesuffix(".gguf")
+
+
+def check_source(ft: FinetuneConfig, run_dir: Path) -> None:
+    """A one-line error, before any data is read, for a source that is neither a run nor an HF model to import
+    (or, resuming the run in ``run_dir``, that is gone)."""
     if ft.source is None:
         raise ConfigError("checkpoint: no run or HF model to start from (--checkpoint RUN|MODEL, finetune.source)")
     if not is_run_dir(ft.source):
         if ft.source_step is not None:
             raise ConfigError(f"finetune.source_step={ft.source_step}: {ft.source} is an HF model, not a run")
-        imported_config(ft.source)
+        imported_config(ft.source, run_dir)
+
+
+def tokenizer_copy(run_dir: str | Path) -> Path:
+    """The folder where a run keeps its copy of an HF tokenizer (named ``hf:`` + it), absolute so the run loads
+    from any directory."""
+    return Path(run_dir).resolve() / "tokenizer"
+
+
+def tokenizer_to_keep(cfg: RunConfig) -> str | None:
+    """The source's tokenizer, when ``cfg`` names the copy its run keeps and the copy is not saved yet."""
+    copy = tokenizer_copy(cfg.run_dir)
+    if cfg.data.tokenizer != HF_PREFIX + str(copy) or copy.is_dir():
+        return None
+    return source_config(cfg.finetune.source, cfg.run_dir).data.tokenizer
 
 
 def finetune_config(source: str | Path, stage: str, data: str, out: str | Path | None = None,
@@ -91,12 +120,16 @@ def finetune_config(source: str | Path, stage: str, data: str, out: str | Path |
     """The fine-tuning run's config: the source run's (its model, tokenizer, optimizer and train settings) or an HF
     model's (``source_config``), named ``<name>-<stage>``, in ``out`` (default: a run's directory + ``-sft`` /
     ``-dpo``, ``checkpoints/<name>-<stage>`` for an HF model), with the dotted ``overrides`` (``--train.steps 200``,
-    ``--finetune.beta 0.2``) applied last."""
+    ``--finetune.beta 0.2``) applied last. An HF tokenizer (``hf:SPEC``) becomes the copy the run keeps
+    (``tokenizer_copy``)."""
     source = str(source)
-    base = source_config(source)
-    name = f"{base.name}-{stage}"
     if out is None:
-        out = f"{source.rstrip('/')}-{stage}" if is_run_dir(source) else Path("checkpoints") / name
+        out = f"{source.rstrip('/')}-{stage}" if is_run_dir(source) else Path("checkpoints") / (
+            f"{model_name(recorded_spec(source))}-{stage}")
+    base = source_config(source, out)
+    name = f"{base.name}-{stage}"
+    if base.data.tokenizer.startswith(HF_PREFIX):
+        base = replace(base, data=replace(base.data, tokenizer=HF_PREFIX + str(tokenizer_copy(out))))
     # Local paths recorded absolute: a resumed run (DPO's reference included) loads them from any directory.
     cfg = replace(base, name=name, train=replace(base.train, run_dir=str(out)),
                   finetune=replace(base.finetune, stage=stage, source=recorded_spec(source),
@@ -168,15 +201,18 @@ def place(arrays: Sequence[np.ndarray], mesh: Mesh) -> tuple[jax.Array, ...]:
 def finetune(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[jax.Device] | None = None) -> dict:
     """Fine-tune ``cfg.finetune.source``'s model on ``cfg.finetune.data`` (``finetune_config`` builds ``cfg``) in
     ``cfg.run_dir``, continuing from its newest checkpoint if there is one. The records are read and checked
-    (``DataReport``) before the model loads or anything compiles."""
+    (``DataReport``) before the run's copy of its tokenizer is saved, the model loads or anything compiles."""
     ft, tc = cfg.finetune, cfg.train
-    check_source(ft)
+    check_source(ft, cfg.run_dir)
     if ft.data is None:
         raise ConfigError("finetune.data: no records to train on (--data FILE.jsonl or an HF dataset name)")
     initialize(cfg.distributed)
-    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    unsaved = tokenizer_to_keep(cfg)
+    tokenizer = get_tokenizer(unsaved or cfg.data.tokenizer)
     records = read_records(ft.data, ft.split, ft.max_records, ft.subset)
     rows, report = encode_records(records, ft, tokenizer, cfg.data.seq_len, ft.data)
+    if unsaved:  # an hf: name: an HFTokenizer
+        tokenizer.save(tokenizer_copy(cfg.run_dir))
     train_rows, val_rows = split_validation(rows, ft.val_fraction)
     log.info("%s", report.line())
     cfg = resolve_config(cfg, tokenizer.vocab_size)
