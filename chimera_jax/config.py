@@ -8,8 +8,11 @@ RunConfig checks what spans sections, so a bad run stops with one line before an
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import io
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,14 +20,15 @@ from pathlib import Path
 from typing import Literal
 
 import draccus
-from draccus.utils import ParsingError
+from draccus.utils import DecodingError, DraccusException
 
+from chimera_jax.errors import UserError
 from chimera_jax.tokenizer import HF_PREFIX, VOCAB_SIZES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An impossible config value or combination; the message is one line naming the field(s)."""
 
 
@@ -362,12 +366,24 @@ def resolve_config(cfg: RunConfig, vocab_size: int) -> RunConfig:
     return dataclasses.replace(cfg, model=model)
 
 
+def check_rolling_cache(model: ModelConfig) -> None:
+    """A rolling KV cache (``--window``, ``--sink-tokens``) holds attention's keys and values: a model without
+    attention layers has none to roll, and would silently run as without it."""
+    if model.mixer != "attention":
+        raise ConfigError(f"window: a rolling KV cache needs attention layers; this model's mixer is "
+                          f"{model.mixer!r} (its state is constant-size already): drop --window")
+
+
 def preset_path(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise SystemExit(f"unknown model preset {name!r}: no {path}. Known presets: {known}")
+        raise ConfigError(f"model: unknown preset {name!r} (no {path}); known presets: {', '.join(presets())}")
     return path
+
+
+def presets() -> list[str]:
+    """The names ``--model NAME`` takes: the YAML files of configs/."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, list[str]]:
@@ -391,13 +407,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RunConfig, list[str]]
         else:
             rest.append(arg)
             i += 1
-    if config_path is not None and not config_path.exists():
-        raise SystemExit(f"config file not found: {config_path}")
-    return _checked(draccus.parse, RunConfig, config_path=config_path, args=rest), extra
+    if config_path is not None and not config_path.is_file():
+        raise ConfigError(f"config: no such file {config_path}")
+    return _checked(draccus.parse, RunConfig, config_path=config_path, args=rest, exit_on_error=False), extra
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    return _checked(draccus.parse, RunConfig, config_path=Path(path), args=list(overrides))
+    return _checked(draccus.parse, RunConfig, config_path=Path(path), args=list(overrides), exit_on_error=False)
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -409,14 +425,36 @@ def from_yaml(text: str) -> RunConfig:
 
 
 def _checked(parse, *args, **kwargs) -> RunConfig:
-    """Run a draccus parser, raising a failed check as the ConfigError it is rather than draccus's wrapper
-    ("Couldn't instantiate class ..."), which would hide the one line that names the field."""
+    """Run a draccus parser, raising any failure as a one-line ConfigError: a failed check as the ConfigError it
+    is rather than draccus's wrapper ("Couldn't instantiate class ..."), which would hide the line that names the
+    field; an unknown or value-less flag as argparse's message rather than the usage of every field."""
     try:
         return parse(*args, **kwargs)
-    except ParsingError as err:
+    except (DraccusException, argparse.ArgumentError) as err:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__ from None
-        raise
+        raise ConfigError(_with_suggestions(one_line(err))) from err
+
+
+def _with_suggestions(message: str) -> str:
+    """``unrecognized arguments: --train.stepz 20`` followed by ``(did you mean --train.steps?)``."""
+    if not message.startswith("unrecognized arguments:"):
+        return message
+    fields = list(flat_fields(RunConfig()))
+    guesses = [g for flag in re.findall(r"--([\w.]+)", message) for g in difflib.get_close_matches(flag, fields, n=1)]
+    return f"{message} (did you mean {', '.join(f'--{g}' for g in guesses)}?)" if guesses else message
+
+
+def one_line(err: Exception) -> str:
+    """The message of a parse or config error as one line that names the field."""
+    cause = err.__cause__
+    if isinstance(err, DecodingError):
+        while isinstance(err.__cause__, DecodingError):  # innermost: "Couldn't parse 'x' into an int"
+            err = err.__cause__
+        return f"{'.'.join(err.key_path)}: {' '.join(err.message.split())}" if err.key_path else err.message
+    if isinstance(err, DraccusException) and isinstance(cause, ValueError):  # a dataclass's __post_init__ check
+        return " ".join(str(cause).split())
+    return " ".join(str(err).split())
 
 
 def replace(cfg, **changes):

@@ -15,7 +15,8 @@ from chimera_jax.bridge.convert import export_architecture, fill_model, model_ar
 from chimera_jax.bridge.hf_source import pretrained_args
 from chimera_jax.bridge.measure import tokens_per_second
 from chimera_jax.bridge.torch_utils import INSTALL_HINT, require
-from chimera_jax.config import CONFIG_DIR, ModelConfig, load_config
+from chimera_jax.config import CONFIG_DIR, ConfigError, ModelConfig, load_config
+from chimera_jax.errors import UserError
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.builder import build_model
 
@@ -52,8 +53,8 @@ def test_every_dense_preset_has_an_hf_equivalent(preset, arch):
 def test_models_without_an_hf_equivalent_are_refused_with_reasons():
     cfg = ModelConfig(positions="rope", norm="layernorm", ffn="gelu")
     cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, enabled=True))
-    with pytest.raises(ValueError, match=r"as gpt2: positions='rope'.*moe is enabled.*as llama: norm='layernorm'"):
-        export_architecture(cfg)
+    with pytest.raises(ConfigError, match=r"as gpt2: positions='rope'.*moe is enabled.*as llama: norm='layernorm'"):
+        export_architecture(cfg)  # a ConfigError: the commands print it as one line
 
 
 def test_fill_model_round_trips_and_is_strict():
@@ -79,6 +80,9 @@ def test_model_specs_resolve_to_pretrained_arguments(tmp_path):
     assert pretrained_args(str(gguf)) == (str(tmp_path), {"gguf_file": "m.gguf"})
     assert pretrained_args("EleutherAI/pythia-70m") == ("EleutherAI/pythia-70m", {})
     assert pretrained_args(str(tmp_path)) == (str(tmp_path), {})
+    for missing, message in [(tmp_path / "none", "no such HF model folder"), (tmp_path / "x.gguf", "no such GGUF")]:
+        with pytest.raises(UserError, match=message):  # one line from eval_hf / lm_eval, not a traceback
+            pretrained_args(str(missing))
 
 
 def test_tokens_per_second_warms_up_once_then_times_the_repeats():

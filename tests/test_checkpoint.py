@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from chimera_jax.config import resolve_config, to_yaml
-from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, load_model
+from chimera_jax.train.checkpoint import Checkpointer, CheckpointError, check_model_config, load_model
 from chimera_jax.train.loop import train
 from chimera_jax.train.metrics import read_metrics
 from chimera_jax.train.optimizer import make_optimizer
@@ -80,8 +80,18 @@ def test_model_config_mismatch_is_named(two_checkpoints):
     cfg, _ = _skeleton(two_checkpoints)
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=64))
     _, skeleton = _skeleton(other)
-    with pytest.raises(CheckpointError, match="model.d_model: checkpoint 32 vs config 64"):
+    with pytest.raises(CheckpointError, match="model.d_model: checkpoint 32 vs config 64") as err:
         Checkpointer(cfg.run_dir).restore(skeleton, other)
+    assert "\n" not in str(err.value) and "a new run directory (--train.run_dir)" in str(err.value)
+
+
+def test_a_changed_seq_len_is_named_as_the_flag_not_the_derived_max_seq_len(tiny_config, tmp_path):
+    saved, changed = (resolve_config(tiny_config(*flags), 256) for flags in ([], ["--data.seq_len", "64"]))
+    with pytest.raises(CheckpointError, match=r"\(data.seq_len: checkpoint 32 vs config 64\)"):
+        check_model_config(saved, changed, tmp_path)
+    explicit = resolve_config(tiny_config("--model.max_seq_len", "128"), 256)  # set by the user: named as such
+    with pytest.raises(CheckpointError, match=r"\(model.max_seq_len: checkpoint 32 vs config 128\)"):
+        check_model_config(saved, explicit, tmp_path)
 
 
 def test_execution_options_are_not_a_model_mismatch(two_checkpoints):

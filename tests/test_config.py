@@ -47,10 +47,15 @@ def test_model_flag_selects_preset_and_overrides_apply():
     assert extra == ["--resume"]
 
 
-def test_unknown_key_fails_naming_it(capsys):
-    with pytest.raises(SystemExit):
-        parse_args(["--model", "dense", "--train.stepz", "3"])
-    assert "train.stepz" in capsys.readouterr().err
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--train.stepz", "3"], "unrecognized arguments: --train.stepz 3 (did you mean --train.steps?)"),
+    (["--sedes", "2"], "unrecognized arguments: --sedes 2"),
+    (["--train.steps"], "argument --train.steps: expected one argument"),
+])
+def test_unknown_key_or_missing_value_fails_with_one_line_naming_it(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--model", "dense", *argv])
+    assert str(err.value) == message
 
 
 def test_wrongly_typed_value_fails_naming_it():
@@ -65,9 +70,11 @@ def test_unknown_key_in_yaml_fails_naming_it(tmp_path):
         load_config(bad)
 
 
-def test_unknown_preset_lists_known_ones():
-    with pytest.raises(SystemExit, match="dense"):
+def test_unknown_preset_or_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model: unknown preset 'no_such_model' .*known presets: dense, "):
         parse_args(["--model", "no_such_model"])
+    with pytest.raises(ConfigError, match="config: no such file"):
+        parse_args(["--config", str(tmp_path / "none.yaml")])
 
 
 # (flags as a user types them, the field the one-line error must name)

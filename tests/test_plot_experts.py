@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from chimera_jax.cli import plot_experts
+from chimera_jax.config import ConfigError
 from chimera_jax.train.loop import train
 
 MOE = ("--model.moe.enabled", "true", "--model.moe.num_experts", "4", "--model.moe.top_k", "2",
@@ -26,12 +27,12 @@ def test_loads_from_metrics_and_checkpoint_are_shares_per_layer_and_plot(tiny_co
     for extra in ([], ["--from-checkpoint"]):
         out = plot_experts.main([str(cfg.run_dir), *extra, "--out", str(cfg.run_dir / f"plot{len(extra)}.png")])
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(SystemExit, match="step 99 was not logged"):
+    with pytest.raises(ConfigError, match="step: 99 was not logged"):
         plot_experts.main([str(cfg.run_dir), "--step", "99"])
 
 
 def test_a_dense_run_is_refused_with_a_clear_message(tiny_config):
     cfg = tiny_config("--train.steps", "2", "--train.eval_every", "2", "--train.checkpoint_every", "2")
     train(cfg)
-    with pytest.raises(SystemExit, match="not an MoE run"):
+    with pytest.raises(ConfigError, match="not an MoE run"):
         plot_experts.main([str(cfg.run_dir)])

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from chimera_jax.bridge.torch_utils import require
-from chimera_jax.config import ModelConfig
+from chimera_jax.config import ConfigError, ModelConfig
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.layers import sinusoidal_positions
 from chimera_jax.models.transformer import Decoder
@@ -131,7 +131,7 @@ def export_architecture(cfg: ModelConfig) -> str:
     for arch, found in problems.items():
         if not found:
             return arch
-    raise ValueError("no HF equivalent: " + "; ".join(f"as {a}: {', '.join(p)}" for a, p in problems.items()))
+    raise ConfigError("no HF equivalent: " + "; ".join(f"as {a}: {', '.join(p)}" for a, p in problems.items()))
 
 
 def hf_config_from(cfg: ModelConfig, arch: str, n_positions: int, **token_ids):
@@ -155,8 +155,9 @@ def hf_config_from(cfg: ModelConfig, arch: str, n_positions: int, **token_ids):
 
 
 def _refuse(problems: list[str], what: str) -> None:
+    """A model the other side cannot compute exactly is the user's choice to fix: one line naming the reasons."""
     if problems:
-        raise ValueError(f"not an exact {what} equivalent: {'; '.join(problems)}")
+        raise ConfigError(f"not an exact {what} equivalent: {'; '.join(problems)}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from chimera_jax.bridge.hf_source import load_hf_tokenizer, pretrained_args
 from chimera_jax.bridge.torch_utils import default_device, require
-from chimera_jax.config import RunConfig
+from chimera_jax.config import ConfigError, RunConfig
 
 
 def is_run_dir(spec: str) -> bool:
@@ -51,7 +51,7 @@ def load_hf(spec: str, device: str | None = None, dtype: str = "float32"):
         tokenizer = load_hf_tokenizer(spec)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             source, dtype=getattr(torch, dtype), trust_remote_code=False, **extra)
-    except OSError as err:
-        raise OSError(f"cannot load {spec!r}: not a local folder or file, and not in the HF cache while the hub "
+    except OSError as err:  # a name the user can fix, not a traceback
+        raise ConfigError(f"cannot load {spec!r}: not a local folder or file, and not in the HF cache while the hub "
                       f"is unreachable or HF_HUB_OFFLINE=1 ({err})") from err
     return model.to(device or default_device()).eval(), tokenizer

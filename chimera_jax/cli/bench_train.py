@@ -52,7 +52,7 @@ from pathlib import Path
 
 from chimera_jax.cli.args import parse_known
 from chimera_jax.cli.bench_inference import markdown
-from chimera_jax.config import ConfigError, ModelConfig, RunConfig, load_config, preset_path, resolve_config
+from chimera_jax.config import ConfigError, ModelConfig, RunConfig, load_config, preset_path, presets, resolve_config
 from chimera_jax.tokenizer import VOCAB_SIZES
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,9 @@ def row_config(spec: str, quick: bool, overrides: Sequence[str]) -> RunConfig:
     """A row's resolved config: a label of ``ROWS`` or ``NAME[:key=value,...]``, then ``--quick``'s shapes,
     then the command line's overrides (``--model.remat block``: every row)."""
     preset, own = ROWS.get(spec) or (spec.partition(":")[0], tuple(filter(None, spec.partition(":")[2].split(","))))
+    if preset not in presets():
+        raise ConfigError(f"presets: {spec!r} is neither a row ({', '.join(ROWS)}) nor a preset of configs/ "
+                          f"({', '.join(presets())}), as NAME or NAME:key=value,...")
     flags = []
     for item in (*own, *(QUICK if quick else ())):
         key, eq, value = item.partition("=")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, parse, protocol_of
+from chimera_jax.config import ConfigError
+from chimera_jax.errors import UserError
 
 
 @dataclass(kw_only=True)
@@ -30,6 +32,9 @@ class CompareArgs(BaselineProtocol):
 
 def main(argv: Sequence[str]) -> list[dict]:
     args = parse(CompareArgs, argv, positional="runs", aliases=PROTOCOL_ALIASES)
+    for run in args.runs:
+        if not (Path(run) / "checkpoints").is_dir():
+            raise ConfigError(f"runs: {run} is not a run directory (no checkpoints/ in it)")
     from chimera_jax.bridge.compare import evaluate_isolated, report
 
     protocol = protocol_of(args)
@@ -40,4 +45,6 @@ def main(argv: Sequence[str]) -> list[dict]:
     print(report(results, protocol))
     if args.json:
         Path(args.json).write_text(json.dumps({"protocol": protocol.as_dict(), "results": results}, indent=2))
+    if results and all("error" in r for r in results):
+        raise UserError(f"none of the {len(results)} models could be evaluated (Not evaluated, above)")
     return results

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from chimera_jax.cli.args import parse  # noqa: E402
-from chimera_jax.config import RunConfig, from_yaml  # noqa: E402
+from chimera_jax.config import ConfigError, RunConfig, from_yaml  # noqa: E402
 from chimera_jax.train.metrics import read_metrics  # noqa: E402
 
 LOAD_KEY = "aux/expert_load"
@@ -44,7 +44,8 @@ def loads_from_metrics(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(steps [S], loads [S, layers, E])`` of every logged training step."""
     lines = [line for line in read_metrics(run_dir, split="train") if LOAD_KEY in line]
     if not lines:
-        raise SystemExit(f"no {LOAD_KEY} in {run_dir / 'metrics.jsonl'}: not an MoE run, or nothing logged yet")
+        raise ConfigError(f"run_dir: no {LOAD_KEY} in {run_dir / 'metrics.jsonl'}: not an MoE run, or nothing "
+                          "logged yet")
     return np.array([line["step"] for line in lines]), np.array([line[LOAD_KEY] for line in lines])
 
 
@@ -55,7 +56,8 @@ def loads_from_checkpoint(run_dir: Path, batches: int) -> tuple[np.ndarray, RunC
     from chimera_jax.train.checkpoint import Checkpointer, load_model
 
     model, cfg = load_model(run_dir)
-    step = max(Checkpointer(run_dir, keep=None).steps())
+    with Checkpointer(run_dir, keep=None, read_only=True) as ckpt:
+        step = ckpt.candidates()[0]
     route = eqx.filter_jit(lambda m, tokens: m(tokens, inference=True)[1]["expert_load"])
     tokens = data.load_stream(cfg.data, "validation").tokens
     loads = [np.asarray(route(model, inputs)) for inputs, _, _ in window_batches(
@@ -102,7 +104,8 @@ def plot(loads: np.ndarray, names: list[str], title: str,
 
 def main(argv: Sequence[str]) -> Path:
     args = parse(PlotArgs, argv, positional="run_dir")
-
+    if not args.run_dir.is_dir():
+        raise ConfigError(f"run_dir: no such folder {args.run_dir}")
     if args.from_checkpoint:
         loads, cfg, step = loads_from_checkpoint(args.run_dir, args.batches)
         history, source = None, f"checkpoint step {step}, {args.batches} validation batches"
@@ -112,7 +115,7 @@ def main(argv: Sequence[str]) -> Path:
         steps, all_loads = loads_from_metrics(args.run_dir)
         i = len(steps) - 1 if args.step is None else int(np.searchsorted(steps, args.step))
         if i >= len(steps) or (args.step is not None and steps[i] != args.step):
-            raise SystemExit(f"step {args.step} was not logged; logged steps: {steps[0]}..{steps[-1]}")
+            raise ConfigError(f"step: {args.step} was not logged; logged steps: {steps[0]}..{steps[-1]}")
         history = (steps, all_loads) if len(steps) > 1 else None
         loads, source = all_loads[i], f"training batch at step {steps[i]}"
     name = cfg.name if cfg is not None else args.run_dir.name

@@ -20,12 +20,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from chimera_jax.config import DataConfig
+from chimera_jax.errors import UserError
 
 SHARED_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-class DataNotFoundError(FileNotFoundError):
-    """A corpus split is neither on disk nor reachable; the message says where we looked."""
+class DataNotFoundError(UserError, FileNotFoundError):
+    """A corpus split is neither on disk nor reachable; the message says where we looked, its first line what is
+    missing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +92,9 @@ def find_local(cfg: DataConfig, patterns: Sequence[str]) -> tuple[list[Path], li
 
 
 def not_found(corpus: str, split: str, searched: list[str], hub: str, hint: str = "") -> DataNotFoundError:
-    lines = [f"{corpus!r} split {split!r} was not found.", "Searched:"]
-    lines += [f"  - {s}" for s in searched]
-    lines.append(f"  - Hugging Face Hub: {hub}")
-    lines.append(
-        "Put a local copy in a folder and point at it with --data.data_dir=/path/to/folder "
-        "(or the environment variable CHIMERA_DATA_DIR)."
-    )
-    if hint:
-        lines.append(hint)
+    lines = [f"{corpus!r} split {split!r} was not found.", f"Searched: {'; '.join(searched)}; Hugging Face Hub: {hub}.",
+             "Put a local copy in a folder and point at it with --data.data_dir=/path/to/folder "
+             "(or the environment variable CHIMERA_DATA_DIR).", *([hint] if hint else [])]
     return DataNotFoundError("\n".join(lines))
 
 

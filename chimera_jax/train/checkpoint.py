@@ -22,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from chimera_jax.config import RunConfig, flat_fields, from_yaml, to_yaml
+from chimera_jax.errors import UserError
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import is_param
 from chimera_jax.models.transformer import Decoder
@@ -30,13 +31,15 @@ from chimera_jax.train.state import TrainerState
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A run, step or checkpoint that is not there or cannot be read, or a config it does not fit."""
 
 
-def _manager(directory: Path, keep: int | None = None) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+def _manager(directory: Path, keep: int | None, read_only: bool) -> ocp.CheckpointManager:
+    """Read-only: neither the folder created nor leftover temporary checkpoints removed (Orbax's own read_only
+    option does the same but warns about each option it overrides)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(directory.resolve(), options=options)
 
 
@@ -46,14 +49,40 @@ def _train_item(state: TrainerState) -> dict:
 
 
 class Checkpointer:
-    """Save and restore TrainerStates under ``run_dir/checkpoints/<step>``; keeps the last ``keep``."""
+    """Save and restore TrainerStates under ``run_dir/checkpoints/<step>``; keeps the last ``keep``.
 
-    def __init__(self, run_dir: str | Path, keep: int | None = 3):
+    ``read_only`` (evaluation, export, loading a fine-tuning source) writes nothing, not even the folder, so a
+    mistyped run directory stays a missing one. Use it as a context manager, or ``close`` it: an Orbax manager
+    left open raises at interpreter exit ("cannot schedule new futures"), after the command's own error."""
+
+    def __init__(self, run_dir: str | Path, keep: int | None = 3, *, read_only: bool = False):
         self.directory = Path(run_dir) / "checkpoints"
-        self.manager = _manager(self.directory, keep)
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"{run_dir} is not a run directory (no checkpoints/ in it)")
+        self.manager = _manager(self.directory, keep, read_only)
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def candidates(self, step: int | None = None) -> list[int]:
+        """The steps to try, newest first: ``[step]``, or every saved one; a one-line CheckpointError when there is
+        no such step, or none yet."""
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"{self.directory.parent} has no checkpoint yet: its training stopped (or is still "
+                                  "running) before the first one (train.checkpoint_every)")
+        if step is None:
+            return steps[::-1]
+        if step not in steps:
+            raise CheckpointError(f"{self.directory.parent} has no checkpoint at step {step}; its steps: "
+                                  f"{', '.join(map(str, steps))}")
+        return [step]
 
     def save(self, state: TrainerState, cfg: RunConfig, extra: dict | None = None) -> int:
         step = int(state.step)
@@ -89,9 +118,7 @@ class Checkpointer:
 
     def _restore(self, skeletons: dict, cfg: RunConfig | None, step: int | None) -> tuple[dict, dict]:
         """Restore the items named by ``skeletons`` (concrete or eval_shape trees) from one checkpoint."""
-        candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
-        if not candidates:
-            raise CheckpointError(f"no checkpoints in {self.directory}")
+        candidates = self.candidates(step)
         abstract = {name: _restore_targets(tree) for name, tree in skeletons.items()}
         for s in candidates:
             where = self.directory / str(s)
@@ -140,25 +167,37 @@ def _restore_targets(tree):
 EXECUTION_ONLY = frozenset({"scan_unroll", "remat", "ssm.scan", "ssm.chunk"})
 
 
-def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> None:
+def model_changes(saved: RunConfig, current: RunConfig) -> dict[str, tuple]:
+    """``{field: (saved, current)}`` for the model fields that differ, execution-only ones aside. A maximum length
+    that follows ``data.seq_len`` in both is reported as ``data.seq_len``: the flag the user changed."""
     saved_model, current_model = flat_fields(saved.model), flat_fields(current.model)
-    diffs = {k: (saved_model.get(k), current_model.get(k)) for k in saved_model.keys() | current_model.keys()
+    diffs = {f"model.{k}": (saved_model.get(k), current_model.get(k)) for k in saved_model.keys() | current_model.keys()
              if saved_model.get(k) != current_model.get(k) and k not in EXECUTION_ONLY}
+    derived = all(cfg.model.max_seq_len == cfg.data.seq_len for cfg in (saved, current))
+    if "model.max_seq_len" in diffs and derived:
+        diffs["data.seq_len"] = diffs.pop("model.max_seq_len")
+    return diffs
+
+
+def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> None:
+    """A one-line CheckpointError naming each changed field when ``current`` cannot restore ``saved``'s model."""
+    diffs = model_changes(saved, current)
     if diffs:
-        lines = "\n".join(f"  model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
-        raise CheckpointError(f"checkpoint {where} was trained with a different model config:\n{lines}\n"
-                              "Use a new train.run_dir, or the checkpoint's own config.")
+        changes = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diffs.items()))
+        raise CheckpointError(f"checkpoint {where} was trained with a different model config ({changes}): train "
+                              "this config in a new run directory (--train.run_dir), or drop the changed flags to "
+                              "resume the run")
 
 
 def load_run_config(run_dir: str | Path, step: int | None = None) -> RunConfig:
-    ckpt = Checkpointer(run_dir, keep=None)
-    steps = [step] if step is not None else sorted(ckpt.steps(), reverse=True)
-    for s in steps:
-        try:
-            return from_yaml(ckpt.read_meta(s)["config"])
-        except Exception as err:  # noqa: BLE001
-            log.warning("checkpoint %d config unreadable (%s)", s, err)
-    raise CheckpointError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}")
+    """The config of a run's newest readable checkpoint (or of ``step``); reads and writes nothing else."""
+    with Checkpointer(run_dir, keep=None, read_only=True) as ckpt:
+        for s in ckpt.candidates(step):
+            try:
+                return from_yaml(ckpt.read_meta(s)["config"])
+            except Exception as err:  # noqa: BLE001
+                log.warning("checkpoint %d config unreadable (%s)", s, err)
+    raise CheckpointError(f"no readable checkpoint in {ckpt.directory}")
 
 
 def load_model(run_dir: str | Path, step: int | None = None) -> tuple[Decoder, RunConfig]:
@@ -166,9 +205,6 @@ def load_model(run_dir: str | Path, step: int | None = None) -> tuple[Decoder, R
     cfg = load_run_config(run_dir, step)
     # Shapes only: the key is never used to draw numbers, and no optimizer is built.
     skeleton = eqx.filter_eval_shape(build_model, cfg.model, jax.random.PRNGKey(0))
-    ckpt = Checkpointer(run_dir, keep=None)
-    try:
+    with Checkpointer(run_dir, keep=None, read_only=True) as ckpt:
         model, _ = ckpt.restore_model(skeleton, cfg, step)
-    finally:
-        ckpt.close()
     return model, cfg

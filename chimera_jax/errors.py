@@ -1,0 +1,7 @@
+"""The one error type every command reports without a traceback, in a module that imports nothing, so that any
+module (the config, the data, checkpoints, the HF bridge) can raise it."""
+
+
+class UserError(Exception):
+    """An error the user can fix from its message alone (a bad flag or value, a missing run, step or corpus).
+    Every command prints it as one ``error: ...`` line, without a traceback (chimera_jax/cli/entry.py)."""

@@ -1,0 +1,90 @@
+"""Expected user errors end every command as one ``error: ...`` line and exit status 2, through the one entry
+point (cli/entry.py ``launch``), whichever part of the code raised them: the config, checkpoints or data."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from chimera_jax.cli import entry
+from chimera_jax.config import resolve_config
+from chimera_jax.train.checkpoint import Checkpointer
+from chimera_jax.train.optimizer import make_optimizer
+from chimera_jax.train.state import init_state
+
+
+def launch(command: str, *argv: str, monkeypatch, capsys) -> str:
+    """The command's error line; fails unless it exits with status 2 and the line ends stderr, which holds no
+    traceback and (progress messages aside) no other line."""
+    monkeypatch.setenv("CHIMERA_MALLOC", "off")  # no re-execution of the test process
+    monkeypatch.setattr(sys, "argv", [f"scripts/{command}.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        entry.launch(command)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("evaluating ")]
+    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("command", "argv", "line"), [
+    ("train", ["--model", "dense", "--train.stepz", "20"], "error: unrecognized arguments: --train.stepz 20"),
+    ("train", ["--model", "dense", "--train.steps"], "error: argument --train.steps: expected one argument"),
+    ("train", ["--model", "dens"], "error: model: unknown preset 'dens'"),
+    ("train", ["--config", "no/such.yaml"], "error: config: no such file no/such.yaml"),
+    ("experiment", ["time_indexed", "--profile", "smoke", "--sedes", "2"], "unrecognized arguments: --sedes 2"),
+    ("bench", ["train", "--presets", "standard:model.d_modle=3"], "error: unrecognized arguments: --model.d_modle 3"),
+    ("bench", ["train", "--presets", "nope"], "error: presets: 'nope' is neither a row (standard, ti_ssm,"),
+    ("plot_experts", ["no/such/run"], "error: run_dir: no such folder no/such/run"),
+    ("compare", ["no/such/run", "--hf", "gpt2"], "error: runs: no/such/run is not a run directory"),
+])
+def test_a_bad_command_line_is_one_error_line(command, argv, line, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert line in launch(command, *argv, monkeypatch=monkeypatch, capsys=capsys)
+
+
+@pytest.fixture
+def run_at_step_0(tiny_config):
+    """A run directory holding one checkpoint, at step 0 (an initialised model: no training needed)."""
+    cfg = resolve_config(tiny_config(), 256)
+    with Checkpointer(cfg.run_dir) as ckpt:
+        ckpt.save(init_state(cfg, make_optimizer(cfg.optim, cfg.train.steps)), cfg)
+    return cfg.run_dir
+
+
+def test_a_missing_step_names_the_steps_there(run_at_step_0, monkeypatch, capsys, tmp_path):
+    for command, argv in [("eval", []), ("export_hf", ["--out", str(tmp_path / "hf")])]:
+        line = launch(command, "--checkpoint", str(run_at_step_0), "--step", "7", *argv, monkeypatch=monkeypatch,
+                      capsys=capsys)
+        assert line == f"error: {run_at_step_0} has no checkpoint at step 7; its steps: 0"
+
+
+def test_missing_data_is_one_error_line(run_at_step_0, monkeypatch, capsys, tmp_path):
+    line = launch("eval", "--checkpoint", str(run_at_step_0), "--data", f"text:{tmp_path / 'none.txt'}",
+                  monkeypatch=monkeypatch, capsys=capsys)
+    assert line.startswith(f"error: text:{tmp_path / 'none.txt'}: no such file or folder")
+    line = launch("eval", "--checkpoint", str(run_at_step_0), "--data", "wikitext-103", "--split", "train",
+                  "--data_dir", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
+    assert line.startswith("error: 'wikitext-103' split 'train' was not found. Searched: data.data_dir: ")
+
+
+def test_a_missing_run_is_not_created_and_an_empty_one_has_no_checkpoint_yet(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nope"
+    line = launch("export_hf", "--checkpoint", str(missing), "--out", str(tmp_path / "hf"),
+                  monkeypatch=monkeypatch, capsys=capsys)
+    assert line == f"error: {missing} is not a run directory (no checkpoints/ in it)"
+    assert not missing.exists()
+
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    for command, argv in [("generate", ["--prompt", "hi"]), ("eval", [])]:
+        line = launch(command, "--checkpoint", str(empty), *argv, monkeypatch=monkeypatch, capsys=capsys)
+        assert line.startswith(f"error: {empty} has no checkpoint yet")
+
+
+def test_compare_fails_when_every_model_failed(monkeypatch, capsys):
+    from chimera_jax.bridge import compare
+
+    monkeypatch.setattr(compare, "evaluate_isolated", lambda spec, *a, **k: {"model": spec, "error": "OSError: no"})
+    line = launch("compare", "--hf", "a", "b", monkeypatch=monkeypatch, capsys=capsys)
+    assert line == "error: none of the 2 models could be evaluated (Not evaluated, above)"
