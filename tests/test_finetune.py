@@ -5,6 +5,7 @@ the run keeps the model's tokenizer), and one-line errors before anything compil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -200,6 +201,10 @@ def test_sft_lowers_the_held_out_response_loss_and_resumes_exactly(pretrained, t
     assert [m["step"] for m in again] == [m["step"] for m in first]
     for a, b in zip(again, first, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    # Run once more: complete, so nothing trains, and the line says so with the logged validation loss.
+    line = finetune_cli.format_summary(finetune(cfg))
+    assert line.startswith("tiny-sft already complete at step 24 (train.steps=24): nothing to do | val loss "), line
+    assert f"{summary['val_loss']:.4f}" in line and read_metrics(cfg.run_dir) == again
 
 
 def test_dpo_raises_held_out_preference_accuracy(pretrained, tmp_path):
@@ -223,12 +228,25 @@ def test_missing_checkpoint_or_no_usable_record_is_one_line_before_compiling(pre
               "finetune.data: no usable records in"),
              (["--checkpoint", str(pretrained), "--stage", "dpo", "--data", str(tmp_path / "none.jsonl")],
               "finetune.data: no such file"),
-             (["--checkpoint", str(pretrained), "--stage", "sft"], "data: required")]
+             (["--checkpoint", str(pretrained), "--stage", "sft"], "data: required"),
+             (["--checkpoint", str(pretrained), "--stage", "sft", "--data", str(empty), "--model.d-model", "64",
+               "--out", str(tmp_path / "o")], "--model.d_model: the model comes from the source")]
     for argv, message in cases:
         with pytest.raises(ConfigError) as err:
             finetune_cli.main(argv)
         assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_model_overrides_are_refused_but_how_it_runs_and_other_settings_may_change(pretrained, tmp_path):
+    """A changed model field would be recorded for the source's weights it does not describe: refused, as the
+    preset flag is; remat (execution only) and the training settings pass."""
+    for flags in (["--model.n_layers=3"], ["--model", "dense"], ["--optim.lr", "1e-3", "--model.moe.enabled", "true"]):
+        with pytest.raises(ConfigError, match=r"^--model\S*: the model comes from the source"):
+            finetune_config(pretrained, "sft", "d.jsonl", tmp_path / "o", flags)
+    cfg = finetune_config(pretrained, "sft", "d.jsonl", tmp_path / "o", ["--model.remat", "dots", "--optim.lr", "1e-3"])
+    assert (cfg.model.remat, cfg.optim.lr) == ("dots", 1e-3)
+    assert dataclasses.replace(cfg.model, remat="none") == load_run_config(pretrained).model
 
 
 def test_relative_source_and_data_are_recorded_absolute(pretrained, exported, tmp_path, monkeypatch):

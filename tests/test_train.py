@@ -1,8 +1,15 @@
-"""Training: the step compiles once, loss falls, accumulation and bf16 behave, NaNs stop the run."""
+"""Training: the step compiles once, loss falls, accumulation and bf16 behave, NaNs stop the run, Ctrl-C and SIGTERM
+save the step done (resuming gives the uninterrupted run), a finished run says so, a shorter one is refused."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import equinox as eqx
@@ -10,12 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_YAML
 
 from chimera_jax import data
-from chimera_jax.config import resolve_config
+from chimera_jax.cli import train as train_cli
+from chimera_jax.config import ConfigError, RunConfig, load_config, resolve_config, to_yaml
+from chimera_jax.train import loop
 from chimera_jax.train import step as step_module
-from chimera_jax.train.checkpoint import Checkpointer
+from chimera_jax.train.checkpoint import Checkpointer, load_model
+from chimera_jax.train.interrupt import STOP_SIGNALS, Interrupted, StopRequests
 from chimera_jax.train.loop import NonFiniteLoss, train
+from chimera_jax.train.mesh import place_batch
 from chimera_jax.train.metrics import read_metrics
 from chimera_jax.train.optimizer import decay_mask, lr_schedule, make_optimizer
 from chimera_jax.train.state import init_state
@@ -92,9 +104,19 @@ def test_weight_decay_only_on_matrices(tiny_config):
     assert not stacked.mixer.w_q.bias and not stacked.norm_mixer.scale and not mask.final_norm.scale
 
 
-def test_train_loop_writes_metrics_and_checkpoints(tiny_config):
-    cfg = tiny_config("--train.steps", "20")
-    summary = train(cfg, max_traces=1)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, token_cache) -> tuple[RunConfig, dict]:
+    """The tiny run (conftest's: 20 steps, validation and checkpoints every 10) trained once: ``(cfg, summary)``.
+    Tests read it, or resume it to find it complete, and write nothing in it."""
+    folder = tmp_path_factory.mktemp("finished")
+    (folder / "tiny.yaml").write_text(TINY_YAML)
+    cfg = load_config(folder / "tiny.yaml", ["--data.cache_dir", str(token_cache),
+                                             "--train.run_dir", str(folder / "run")])
+    return cfg, train(cfg, max_traces=1)
+
+
+def test_train_loop_writes_metrics_and_checkpoints(finished):
+    cfg, summary = finished
     assert Checkpointer(cfg.run_dir).steps() == [10, 20]
     val = read_metrics(cfg.run_dir, "validation")
     assert [m["step"] for m in val] == [10, 20]
@@ -111,6 +133,98 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, monkeypatc
     with pytest.raises(NonFiniteLoss, match="step 5"):
         train(longer)
     assert max(Checkpointer(cfg.run_dir).steps()) == 4
+
+
+def _signal_during_step(monkeypatch, step: int, signum: int) -> None:
+    """The loop's batch for step ``step`` (0-based) sends ``signum`` to this process: a Ctrl-C or SIGTERM arriving
+    while that step runs."""
+    def batch(tokens, cfg, s, mesh):
+        if s == step:
+            os.kill(os.getpid(), signum)
+        return place_batch(tokens, cfg, s, mesh)
+
+    monkeypatch.setattr(loop, "place_batch", batch)
+
+
+def _metrics(run_dir) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in read_metrics(run_dir)]
+
+
+def test_a_signal_is_kept_for_the_loop_and_the_handlers_come_back():
+    """Within StopRequests a SIGTERM only records itself; the handlers before come back at once (a second signal
+    acts as usual) and on exit; another thread, which cannot install handlers, leaves them alone."""
+    before = [signal.getsignal(s) for s in STOP_SIGNALS]
+    with StopRequests() as stop:
+        assert signal.getsignal(signal.SIGINT) not in before
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        assert [signal.getsignal(s) for s in STOP_SIGNALS] == before
+    assert [signal.getsignal(s) for s in STOP_SIGNALS] == before
+    errors = []
+
+    def in_a_thread() -> None:
+        with StopRequests() as stop:
+            errors.append(stop.signum)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert errors == [None]
+
+
+def test_ctrl_c_saves_the_step_done_and_resuming_gives_the_uninterrupted_run(finished, tiny_config, monkeypatch,
+                                                                            caplog):
+    reference, _ = finished
+    cfg = tiny_config()
+    assert dataclasses.replace(cfg, train=reference.train) == reference  # the same run, in another directory
+    handlers = [signal.getsignal(s) for s in STOP_SIGNALS]
+    _signal_during_step(monkeypatch, 6, signal.SIGINT)
+    with caplog.at_level(logging.WARNING), pytest.raises(Interrupted) as stopped:
+        train(cfg)
+    assert (stopped.value.step, stopped.value.status) == (7, 130)
+    assert "interrupted at step 7: saved, resume with the same command" in caplog.text
+    assert Checkpointer(cfg.run_dir).steps() == [7]  # not a checkpoint_every step: saved for the interruption
+    assert [signal.getsignal(s) for s in STOP_SIGNALS] == handlers
+    monkeypatch.undo()
+    train(cfg)
+    assert _metrics(cfg.run_dir) == _metrics(reference.run_dir)
+    for a, b in zip(*(jax.tree_util.tree_leaves(load_model(c.run_dir)[0]) for c in (cfg, reference)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("raised", "stderr"), [("Interrupted(7, 2)", ""),
+                                                  ("KeyboardInterrupt()", "interrupted\n")])
+def test_the_command_line_exits_with_the_signals_status_and_no_traceback(raised, stderr):
+    """Training's Interrupted has logged its line already; a Ctrl-C elsewhere says one word."""
+    code = ("import sys, types\nfrom chimera_jax.cli.entry import launch\n"
+            "from chimera_jax.train.interrupt import Interrupted\n"
+            f"def main(argv):\n    raise {raised}\n"
+            "sys.modules['chimera_jax.cli.stopped'] = types.SimpleNamespace(main=main, __doc__='')\nlaunch('stopped')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "CHIMERA_MALLOC": "off"})
+    assert (done.returncode, done.stderr) == (130, stderr)
+
+
+def test_a_finished_run_says_so_a_shorter_one_is_refused_and_changed_settings_are_named(finished, tmp_path,
+                                                                                       caplog, capsys):
+    cfg, first = finished
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(to_yaml(cfg))
+    again = train_cli.main(["--config", str(config_file), "--resume"])
+    assert capsys.readouterr().out.startswith(
+        f"tiny already complete at step 20 (train.steps=20): nothing to do | val loss {first['val_loss']:.4f} ppl ")
+    assert (again["val_loss"], again["final_train_loss"]) == (first["val_loss"], first["final_train_loss"])
+    with pytest.raises(ConfigError, match=r"^--resume: no checkpoint in .*nope/checkpoints to resume from"):
+        train_cli.main(["--config", str(config_file), "--train.run_dir", str(tmp_path / "nope"), "--resume"])
+    assert not (tmp_path / "nope").exists()
+
+    shorter = load_config(config_file, ["--train.steps", "15", "--optim.lr", "1e-3"])
+    with caplog.at_level(logging.INFO), pytest.raises(
+            ConfigError, match="^train.steps=15: the run in .* is already past that step, at step 20"):
+        train(shorter)
+    assert ("resuming with changed settings (checkpoint -> now): optim.lr 0.003 -> 0.001, train.steps 20 -> 15"
+            in caplog.text)
+    assert "steps: 20" in (cfg.run_dir / "config.yaml").read_text()  # nothing trained: the run's config kept
 
 
 def test_split_too_short_fails_before_compute(tiny_config, tmp_path):

@@ -1,25 +1,23 @@
 """The one way in for every command: ``scripts/NAME.py`` and the ``chimera-NAME`` console commands.
 
 ``launch`` re-executes the process with the tuned malloc settings (chimera_jax/malloc.py) before the
-command's module, and so JAX, is imported, then runs the command's ``main(argv)``. A bad command line or
-config (``ConfigError``, or draccus's own parse errors) ends as one ``error: ...`` line on stderr and exit
-status 2; ``--debug``, anywhere on the command line, shows the traceback instead. ``--help`` prints the
+command's module, and so JAX, is imported, then runs the command's ``main(argv)``. An error the user can fix
+(a ``UserError``: a bad flag or config, a missing run, step or corpus) ends as one ``error: ...`` line on stderr
+and exit status 2; ``--debug``, anywhere on the command line, shows the traceback instead. ``--help`` prints the
 command module's docstring (its usage) above the flags its parser lists.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import sys
 from pathlib import Path
 
-from draccus.utils import DraccusException
-
-from chimera_jax.cli.args import one_line
-from chimera_jax.config import ConfigError
+from chimera_jax.config import one_line
+from chimera_jax.errors import UserError
 from chimera_jax.malloc import reexec_with_tuned_malloc
+from chimera_jax.train.interrupt import Interrupted
 
 
 def launch(command: str) -> None:
@@ -34,11 +32,18 @@ def launch(command: str) -> None:
         print(module.__doc__)  # the usage and examples; the parser lists every flag after it
     try:
         module.main(argv)
-    except (ConfigError, DraccusException, argparse.ArgumentError) as err:
+    except UserError as err:
         if "--debug" in sys.argv:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Interrupted as err:  # Ctrl-C or SIGTERM: training saved its last step and said so (train/interrupt.py)
+        raise SystemExit(err.status) from None
+    except KeyboardInterrupt:  # Ctrl-C anywhere else (loading data, evaluating): nothing to save, no traceback
+        if "--debug" in sys.argv:
+            raise
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def console() -> None:

@@ -38,6 +38,9 @@ class FinetuneArgs:
 
 def format_summary(s: dict) -> str:
     val = "  ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in s.items() if k.startswith("val_") and v is not None)
+    if s["start_step"] == s["steps"]:
+        return (f"{s['name']} already complete at step {s['steps']} (train.steps={s['steps']}): nothing to do | "
+                f"val {val or 'n/a'} | {s['run_dir']}")
     return f"done {s['name']}: {s['steps']} steps | {s['data']} | val {val or 'n/a'} | {s['run_dir']}"
 
 

@@ -4,9 +4,11 @@
     python scripts/train.py --model ti_ssm
 
 ``--model NAME`` loads configs/NAME.yaml, ``--config FILE`` any file; dotted flags override any field
-(``--train.batch-size`` is ``--train.batch_size``). Re-running the same run directory (``--resume`` says
-so explicitly) continues from its newest checkpoint. A bad value, combination or corpus name stops with
-one line before any data is read or JAX is loaded.
+(``--train.batch-size`` is ``--train.batch_size``). Re-running the same run directory continues from its
+newest checkpoint (``--resume`` says so explicitly, and stops if there is none: a mistyped directory); a run
+already complete says so. Ctrl-C (or SIGTERM) saves the last completed step and exits 130 (143): the same
+command resumes from it. A bad value, combination or corpus name stops with one line before any data is read
+or JAX is loaded.
 
 Every device is used: ``--mesh.data/fsdp/expert`` say how they split the work. Several processes (hosts)
 run the same command with their own id, and only process 0 prints and writes the metrics
@@ -19,6 +21,7 @@ run the same command with their own id, and only process 0 prints and writes the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from chimera_jax import data
 from chimera_jax.cli.args import normalise
@@ -35,8 +38,19 @@ def check_corpora(cfg: DataConfig) -> None:
                 raise ConfigError(f"{field}: {err}") from None
 
 
+def check_resumable(run_dir: Path) -> None:
+    """``--resume`` of a directory without a checkpoint (mistyped, or killed before its first) is an error, not
+    a new run: Orbax names each saved step's folder by its number."""
+    folder = run_dir / "checkpoints"
+    if not (folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())):
+        raise ConfigError(f"--resume: no checkpoint in {folder} to resume from (train.run_dir); without --resume "
+                          "a new run starts there")
+
+
 def main(argv: Sequence[str]) -> dict:
-    cfg, _ = parse_args([normalise(arg) for arg in argv])  # --resume: resuming is the default anyway
+    cfg, extra = parse_args([normalise(arg) for arg in argv])
+    if "--resume" in extra:  # resuming is the default anyway: the flag asks for a checkpoint to be there
+        check_resumable(cfg.run_dir)
     check_corpora(cfg.data)
     from chimera_jax.train.distributed import is_primary  # JAX loads only once the config is known good
     from chimera_jax.train.loop import format_summary, train

@@ -41,10 +41,11 @@ from chimera_jax.config import (
     resolve_config,
     to_yaml,
 )
+from chimera_jax.errors import UserError
 from chimera_jax.finetune.data import Rows, encode_records, read_records, split_validation, step_rows
 from chimera_jax.finetune.losses import SFT_LOSS, batch_logps, dpo_loss, dpo_step_loss
 from chimera_jax.tokenizer import HF_PREFIX, get_tokenizer
-from chimera_jax.train.checkpoint import CheckpointError, load_model, load_run_config
+from chimera_jax.train.checkpoint import EXECUTION_ONLY, CheckpointError, load_model, load_run_config
 from chimera_jax.train.distributed import initialize
 from chimera_jax.train.loop import Objective, run
 from chimera_jax.train.mesh import batch_sharding, make_mesh
@@ -61,7 +62,7 @@ def imported_config(spec: str, run_dir: str | Path | None = None) -> ModelConfig
 
     try:
         return config_from_hf(load_hf_config(spec))
-    except (OSError, ValueError) as err:  # no such folder, file or hub name; not a model; not GPT-2 or Llama
+    except (OSError, ValueError, UserError) as err:  # no such folder, file or hub name; not a model; not GPT-2 or Llama
         why = " ".join(str(err).split())
         if run_dir is not None and is_run_dir(str(run_dir)):
             raise ConfigError(f"checkpoint: {spec}, the source of the run in {run_dir}, cannot be read ({why}); "
@@ -115,14 +116,28 @@ def tokenizer_to_keep(cfg: RunConfig) -> str | None:
     return source_config(cfg.finetune.source, cfg.run_dir).data.tokenizer
 
 
+def check_model_kept(source: str, overrides: Sequence[str]) -> None:
+    """A one-line ConfigError for an override of the model (``--model.d_model 128``): the run trains the source's
+    weights, so a changed field would be recorded for weights it does not describe, a run that cannot be loaded.
+    Fields that change only how the model runs (``EXECUTION_ONLY``: remat, scan) may change."""
+    for arg in overrides:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+        field = name.removeprefix("model.").replace("-", "_")
+        if name == "model" or (name.startswith("model.") and field not in EXECUTION_ONLY):
+            allowed = ", ".join(f"model.{k}" for k in sorted(EXECUTION_ONLY))
+            raise ConfigError(f"--{name}: the model comes from the source ({source}); fine-tuning cannot change it "
+                              f"(only how it runs: {allowed})")
+
+
 def finetune_config(source: str | Path, stage: str, data: str, out: str | Path | None = None,
                     overrides: Sequence[str] = ()) -> RunConfig:
     """The fine-tuning run's config: the source run's (its model, tokenizer, optimizer and train settings) or an HF
     model's (``source_config``), named ``<name>-<stage>``, in ``out`` (default: a run's directory + ``-sft`` /
     ``-dpo``, ``checkpoints/<name>-<stage>`` for an HF model), with the dotted ``overrides`` (``--train.steps 200``,
-    ``--finetune.beta 0.2``) applied last. An HF tokenizer (``hf:SPEC``) becomes the copy the run keeps
-    (``tokenizer_copy``)."""
+    ``--finetune.beta 0.2``) applied last, except the model's (``check_model_kept``). An HF tokenizer (``hf:SPEC``)
+    becomes the copy the run keeps (``tokenizer_copy``)."""
     source = str(source)
+    check_model_kept(source, overrides)
     if out is None:
         out = f"{source.rstrip('/')}-{stage}" if is_run_dir(source) else Path("checkpoints") / (
             f"{model_name(recorded_spec(source))}-{stage}")

@@ -66,3 +66,8 @@ def read_metrics(path: str | Path, split: str | None = None) -> list[dict]:
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [line for line in lines if split is None or line.get("split") == split]
+
+
+def metrics_at(path: str | Path, step: int, split: str) -> dict:
+    """The ``split`` metrics logged at ``step`` (``{}`` if none were): a finished run's last figures, read back."""
+    return next((line for line in read_metrics(path, split) if line["step"] == step), {})
