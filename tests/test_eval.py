@@ -71,6 +71,13 @@ def test_impossible_protocols_fail_with_one_line_naming_the_field(fields, messag
     assert "\n" not in str(err.value)
 
 
+def test_a_rolling_cache_on_a_model_without_attention_is_refused():
+    with pytest.raises(ValueError, match="window: a rolling KV cache needs attention layers; this model's mixer "
+                                         "is 'ssm'"):
+        EvalProtocol(window=8).resolved_for(run_config(mixer="ssm"))
+    assert EvalProtocol(window=8).resolved_for(run_config()).window == 8
+
+
 def test_an_hf_model_has_no_corpus_or_seq_len_to_default_to():
     with pytest.raises(ValueError, match="corpus: this model has no training corpus"):
         EvalProtocol(seq_len=8).resolved(corpus=None, tokenizer="t", seq_len=None)

@@ -32,22 +32,20 @@ SEQ_LEN = 32  # the model's length: every BBC prompt is longer, so both backends
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> str:
-    """A random tiny GPT-2-BPE model (sinusoidal positions: it exports as GPT-2) saved as a run's checkpoint,
-    every parameter perturbed so that biases and norm scales are not their initial 0 and 1; untied embeddings,
-    so that greedy text does not just repeat the last token."""
+def saved_run(folder: Path, tokenizer: str) -> str:
+    """A random tiny model (sinusoidal positions: it exports as GPT-2) saved as a run's checkpoint, every
+    parameter perturbed so that biases and norm scales are not their initial 0 and 1; untied embeddings, so
+    that greedy text does not just repeat the last token."""
     from chimera_jax.tokenizer import VOCAB_SIZES
     from chimera_jax.train.checkpoint import Checkpointer
     from chimera_jax.train.optimizer import make_optimizer
     from chimera_jax.train.state import init_state
 
-    folder = tmp_path_factory.mktemp("lm_eval")
     (folder / "tiny.yaml").write_text(TINY_YAML)
-    cfg = load_config(folder / "tiny.yaml", ["--data.tokenizer", "gpt2", "--data.seq_len", str(SEQ_LEN),
+    cfg = load_config(folder / "tiny.yaml", ["--data.tokenizer", tokenizer, "--data.seq_len", str(SEQ_LEN),
                                              "--model.tie_embeddings", "false",
                                              "--train.run_dir", str(folder / "run")])
-    cfg = resolve_config(cfg, VOCAB_SIZES["gpt2"])
+    cfg = resolve_config(cfg, VOCAB_SIZES[tokenizer])
     state = init_state(cfg, make_optimizer(cfg.optim, cfg.train.steps))
     leaves, treedef = jax.tree_util.tree_flatten(state.model)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
@@ -57,6 +55,11 @@ def run(tmp_path_factory) -> str:
                                       state.key), cfg)
     checkpointer.close()
     return str(cfg.run_dir)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> str:
+    return saved_run(tmp_path_factory.mktemp("lm_eval"), "gpt2")
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +172,9 @@ def test_the_task_holds_out_the_test_articles():
     train, test = article_records("train", 40), article_records("test", 40)
     assert not {r["file"] for r in train} & {r["file"] for r in test}
     assert {r["topic"] for r in test} == set(TOPICS.values())
+    # a fixed shuffle, not the corpus's topic folders one after another: --limit 10 scores every topic
+    assert {r["topic"] for r in test[:10]} == set(TOPICS.values())
+    assert [r["file"] for r in article_records("test", 5)] == [r["file"] for r in test]
     for r in test:
         assert TOPICS[r["file"].split("/")[0]] == r["topic"] == list(TOPICS.values())[r["label"]]
         assert len(r["text"].split()) == 40 and "\n" not in r["text"]
@@ -205,3 +211,73 @@ def test_the_script_imports_the_harness_not_itself(tmp_path):
     code = "import chimera_jax.eval.lm_eval_backend as b, lm_eval.api.registry as r; print(r.get_model('chimera') " \
            "is b.ChimeraLM)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "True\n"
+
+
+@pytest.fixture(scope="module")
+def byte_export(tmp_path_factory) -> tuple[str, Path]:
+    """A byte-level run (no EOS id: documents are joined by two newlines) and its HF export."""
+    from chimera_jax.bridge.convert import export_run
+
+    folder = tmp_path_factory.mktemp("lm_eval_byte")
+    byte_run = saved_run(folder, "byte")
+    return byte_run, export_run(byte_run, folder / "model")
+
+
+def test_a_byte_level_export_gets_our_end_of_text_in_lm_eval_only(byte_export):
+    import transformers
+
+    from chimera_jax.eval.lm_eval_backend import hf_tokenizer_for_lm_eval
+
+    _, folder = byte_export
+    saved, for_lm_eval = transformers.AutoTokenizer.from_pretrained(folder), hf_tokenizer_for_lm_eval(str(folder))
+    assert saved.eos_token_id is None  # the export is the byte tokenizer: a newline is text, counted as 1 byte
+    assert for_lm_eval.eos_token_id == ord("\n") == ChimeraLM(checkpoint=byte_export[0]).eot_token_id
+    text = "a\nb \u010a caf\u00e9"  # U+010A spells the newline byte in the byte-level alphabet: still text here
+    assert for_lm_eval.encode(text) == list(text.encode("utf-8"))
+    assert for_lm_eval.decode(for_lm_eval.encode(text), skip_special_tokens=True) == text
+
+
+def test_a_byte_level_export_scores_in_lm_evals_hf_backend_as_in_ours(byte_export, tmp_path):
+    byte_run, folder = byte_export
+    ours, theirs = main(["--checkpoint", byte_run, "--hf", str(folder), "--tasks", "bbc_topic", "--limit", "2",
+                         "--num-fewshot", "0", "--batch-size", "2", "--device", "cpu",
+                         "--output", str(tmp_path)]).values()
+    a, b = loglikelihoods(ours), loglikelihoods(theirs)
+    assert sorted(a) == sorted(b) == [0, 1]
+    for doc in a:
+        assert a[doc][0] == b[doc][0]
+        np.testing.assert_allclose(a[doc][1], b[doc][1], rtol=0, atol=TOL)
+
+
+def test_byte_level_generation_stops_at_the_end_of_text_in_both_backends(byte_export):
+    """lm-eval's HF backend adds the EOS text (here a newline) to every request's stop texts; ours does too."""
+    from lm_eval.models.huggingface import HFLM
+
+    from chimera_jax.eval.lm_eval_backend import hf_tokenizer_for_lm_eval
+
+    byte_run, folder = byte_export
+    hf = HFLM(pretrained=str(folder), tokenizer=hf_tokenizer_for_lm_eval(str(folder)), device="cpu",
+              dtype="float32", batch_size=2)
+    requests = instances("generate_until", [(c, {"until": [], "max_gen_toks": 24, "do_sample": False})
+                                            for c in ["Shares in the firm rose", "Film critics praised"]])
+    ours = ChimeraLM(checkpoint=byte_run, batch_size=2).generate_until(requests, disable_tqdm=True)
+    assert ours == hf.generate_until(requests, disable_tqdm=True)
+    assert all("\n" not in text for text in ours) and any(ours)
+
+
+def test_when_the_hf_model_fails_the_scored_table_is_printed_then_one_line(byte_export, monkeypatch, capsys):
+    import chimera_jax.cli.lm_eval as cli
+
+    def hf_fails(label, model, *args):
+        if model == "hf":
+            raise RuntimeError("tokenizer exploded\nsecond line")
+        return real(label, model, *args)
+
+    byte_run, folder = byte_export
+    real = cli.evaluate
+    monkeypatch.setattr(cli, "evaluate", hf_fails)
+    with pytest.raises(ConfigError, match=f"hf:{folder}: lm-eval's hf backend failed \\(RuntimeError: tokenizer"):
+        main(["--checkpoint", byte_run, "--hf", str(folder), "--tasks", "bbc_topic", "--limit", "2",
+              "--batch-size", "2", "--device", "cpu"])
+    table = capsys.readouterr().out.split("| model | task |")[-1]
+    assert f"| chimera:{byte_run} | bbc_topic |" in table and "| hf:" not in table

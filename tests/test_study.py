@@ -46,7 +46,7 @@ def study_file(tmp_path, text: str = STUDY):
 
 
 def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_training(tmp_path, token_cache,
-                                                                                         monkeypatch, caplog):
+                                                                                         monkeypatch, caplog, capsys):
     out = tmp_path / "out"
     argv = [study_file(tmp_path), "--profile", "smoke", "--out", str(out), "--data.cache_dir", str(token_cache)]
     real_get_batch = data.get_batch
@@ -68,6 +68,7 @@ def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_tr
     with caplog.at_level("INFO", logger="chimera_jax.train.loop"):
         results = experiment.main(argv)
     assert "resumed from" in caplog.text and kept.stat().st_mtime_ns == kept_mtime  # continued, not restarted
+    assert f"{out / 'shared' / 'seed1'}: evaluating at depths 1, 2\n" in capsys.readouterr().out  # not silent
     train_steps = [line["step"] for line in map(json.loads, (first / "metrics.jsonl").read_text().splitlines())
                    if line["split"] == "train"]
     assert train_steps == [1, 2, 3, 4]
@@ -105,6 +106,23 @@ def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_tr
     assert again["runs"] == results["runs"] and (out / "report.md").read_text() == report
     with pytest.raises(ConfigError, match=r"dense/seed0 was trained under another config \(optim.lr: 0.001 now 0.01\)"):
         experiment.main([*argv, "--optim.lr", "0.01"])  # into the same --out: an error, not a silent mix
+
+
+def test_hf_baselines_show_progress_and_say_why_one_failed(tmp_path, monkeypatch, capsys):
+    from chimera_jax.bridge import compare
+    from chimera_jax.study.spec import load_study, plan
+
+    study = load_study(study_file(tmp_path, STUDY.replace("evaluation:\n", "evaluation:\n  corpora: [bbc_news]\n"
+                                                                       "  hf_baselines: [nowhere]\n")))
+    cfg = plan(study, "smoke", 1, tmp_path / "out", [])[0].config
+    monkeypatch.setattr(compare, "evaluate_isolated", lambda spec, protocol, repeats: {
+        "model": spec, "error": f"no such HF model folder: {spec}"})
+    assert runner.hf_baselines(study, cfg, tmp_path / "out") == [
+        {"model": "nowhere", "error": "no such HF model folder: nowhere", "corpus": "bbc_news"}]
+    shown = capsys.readouterr()
+    assert "HF baseline nowhere on bbc_news: no such HF model folder: nowhere\n" in shown.out
+    assert "HF baselines" in shown.err and "nowhere on bbc_news/validation" in shown.err  # the bar names the evaluation
+    assert not (tmp_path / "out" / "hf" / "nowhere-bbc_news.json").exists()  # a failure is retried next time
 
 
 @pytest.mark.parametrize(("edit", "message"), [

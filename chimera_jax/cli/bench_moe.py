@@ -205,8 +205,9 @@ def main(argv: Sequence[str]) -> None:
         print(f"\n3. train step, dwr_moe with {args.train_layers} layers, vocab {args.train_vocab}, "
               f"batch {args.train_batch}x{args.train_seq}, f32 ({unit}, tokens/s)")
         # The layer scan slices each layer's weights out of the stacked arrays every step; unrolled
-        # (model.scan_unroll = n_layers), each layer reads them in place. Both models, both ways.
-        for unroll in (1, args.train_layers):
+        # (model.scan_unroll = n_layers), each layer reads them in place. Both models, both ways (one way for one
+        # layer, where the two are the same program).
+        for unroll in dict.fromkeys((1, args.train_layers)):
             label = "scan" if unroll == 1 else "unrolled"
             results = {f"moe E16 k2 d_ff 2048 ({moe_cfg.model.moe.dispatch}, {label})":
                        time_train_step(with_unroll(moe_cfg, unroll), **timing),

@@ -11,8 +11,10 @@ or a packaged name). lm-eval's table is printed for each, then one table with a 
 ``--output DIR`` saves what lm-eval's own CLI saves: ``DIR/<model>/results_<time>.json`` and the per-example
 ``samples_<task>_<time>.jsonl``. Our tasks (``bbc_topic``: chimera_jax/eval/tasks/) are always found;
 ``--include-path`` adds more. ``--limit N`` scores the first N test examples of each task (a fraction
-when below 1). A missing checkpoint, an unknown task or a bad number stops with one line before any model
-loads. Needs the eval extra: pip install -e '.[torch,eval]'.
+when below 1). An HF tokenizer without an EOS (a byte-level export) gets the one the ``chimera`` model uses,
+in memory. When the HF model fails, the table of the models already scored is printed, then one error line
+(with ``--output``, their results are already saved). A missing checkpoint, an unknown task or a bad number
+stops with one line before any model loads. Needs the eval extra: pip install -e '.[torch,eval]'.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from chimera_jax.cli.args import parse
 from chimera_jax.config import ConfigError
+from chimera_jax.errors import UserError
 
 
 @dataclass(kw_only=True)
@@ -60,17 +63,20 @@ def check(args: LMEvalArgs) -> None:
 
 
 def hf_model_args(spec: str, device: str | None) -> dict:
-    """lm-eval ``hf`` model arguments for a local HF folder, a ``.gguf`` file or a packaged name."""
+    """lm-eval ``hf`` model arguments for a local HF folder, a ``.gguf`` file or a packaged name, with its
+    tokenizer loaded here (``hf_tokenizer_for_lm_eval``: one without an EOS gets ours)."""
     from chimera_jax.bridge.hf_source import PACKAGED_GGUF, pretrained_args
     from chimera_jax.bridge.torch_utils import default_device
+    from chimera_jax.eval.lm_eval_backend import hf_tokenizer_for_lm_eval
 
     if spec not in PACKAGED_GGUF and not Path(spec).exists():
         raise ConfigError(f"hf: {spec} is not a local HF folder, a .gguf file, or one of {', '.join(PACKAGED_GGUF)}")
     try:
         source, extra = pretrained_args(spec)
-    except FileNotFoundError as err:
+    except UserError as err:
         raise ConfigError(f"hf: {err}") from None
-    return {"pretrained": source, **extra, "dtype": "float32", "device": device or default_device()}
+    return {"pretrained": source, **extra, "tokenizer": hf_tokenizer_for_lm_eval(spec), "dtype": "float32",
+            "device": device or default_device()}
 
 
 def task_manager(args: LMEvalArgs):
@@ -149,7 +155,15 @@ def main(argv: Sequence[str]) -> dict[str, dict]:
 
     runs = {}
     for label, (model, model_args) in models.items():
-        runs[label] = evaluate(label, model, model_args, args, manager)
+        try:
+            runs[label] = evaluate(label, model, model_args, args, manager)
+        except Exception as err:  # lm-eval or transformers on a foreign model: keep what was already scored
+            if model != "hf":
+                raise
+            if runs:
+                print(summary_table(runs))
+            raise ConfigError(f"{label}: lm-eval's hf backend failed ({type(err).__name__}: {err}); the table "
+                              "above holds the models scored before it (--debug shows the traceback)") from err
         print(f"{label}: limit {args.limit}, num_fewshot {args.num_fewshot}, batch_size {args.batch_size}")
         print(make_table(runs[label]))
     print(summary_table(runs))

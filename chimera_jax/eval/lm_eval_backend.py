@@ -12,7 +12,8 @@ task's numbers compare with any HF model's.
 Scoring is one jitted forward pass per batch (``token_nll``, the loss training and evaluation use) over
 right-padded rows: rows are sorted by length, batches padded to ``batch_size`` rows and to a power-of-two
 width (``generate.engine.bucket``, at most ``max_length``), so a whole task compiles once per width used.
-Generation is ``Generator`` (KV-cached, greedy unless the task samples), cut at the task's ``until`` texts.
+Generation is ``Generator`` (KV-cached, greedy unless the task samples), cut at the task's ``until`` texts and
+the end-of-text id's text.
 MoE layers run dropless (``generate.loading``): a request's score must not depend on its batch-mates.
 """
 
@@ -27,15 +28,17 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import normalize_gen_kwargs
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from chimera_jax.bridge.hf_source import load_hf_tokenizer
+from chimera_jax.bridge.imported_tokenizer import HFTokenizer
 from chimera_jax.data.splits import DOC_SEPARATOR
 from chimera_jax.generate.engine import Generator, bucket
 from chimera_jax.generate.loading import load_for_decoding
 from chimera_jax.generate.sampling import Sampling
-from chimera_jax.tokenizer import get_tokenizer
+from chimera_jax.tokenizer import Tokenizer, get_tokenizer
 from chimera_jax.train.step import token_nll
 
 TASKS_DIR = Path(__file__).parent / "tasks"  # our own task configs (bbc_topic), for TaskManager(include_path=...)
@@ -58,6 +61,24 @@ def scored_row(context: list[int], continuation: list[int], max_length: int) -> 
     the continuation is the last ``len(continuation)`` targets."""
     whole = (context + continuation)[-(max_length + 1):]
     return whole[:-1], whole[1:]
+
+
+def end_of_text_id(tokenizer: Tokenizer) -> int:
+    """The end-of-text id, or for a tokenizer without one (``byte``) the last id of the text joining documents:
+    what precedes a document in training either way. An empty context and each rolling window start from it, and
+    generation stops at its text, as lm-eval's HF backend does with an HF tokenizer's EOS."""
+    return tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.encode(DOC_SEPARATOR)[-1]
+
+
+def hf_tokenizer_for_lm_eval(spec: str):
+    """The HF model ``spec``'s own tokenizer, given an EOS in memory where it has none (our byte-level exports):
+    ``end_of_text_id``, so lm-eval's HF backend, which needs an EOS to prefix an empty context, pad and stop
+    generation, scores such a model as ``ChimeraLM`` scores its checkpoint. Only in memory: an export keeps the
+    byte tokenizer's ids and byte counts, in which a newline is ordinary text."""
+    hf_tok = load_hf_tokenizer(spec)
+    if hf_tok.eos_token_id is None:
+        hf_tok.eos_token = hf_tok.convert_ids_to_tokens(end_of_text_id(HFTokenizer(hf_tok, spec)))
+    return hf_tok
 
 
 @register_model("chimera")
@@ -94,10 +115,7 @@ class ChimeraLM(TemplateLM):
     # ---- what TemplateLM tokenizes with ----
     @property
     def eot_token_id(self) -> int:
-        """The end-of-text id, or for a tokenizer without one the last id of the text joining documents:
-        what precedes a document in training either way."""
-        eos = self.chimera_tokenizer.eos_id
-        return eos if eos is not None else self.chimera_tokenizer.encode(DOC_SEPARATOR)[-1]
+        return end_of_text_id(self.chimera_tokenizer)
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_: object) -> list[int]:
         return self.chimera_tokenizer.encode(string)
@@ -183,7 +201,8 @@ class ChimeraLM(TemplateLM):
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="chimera generate_until", leave=False)
         for indices in groups.values():
             kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self.max_gen_toks)
-            until, max_new = kwargs.pop("until"), kwargs.pop("max_gen_toks")
+            until = handle_stop_sequences(kwargs.pop("until"), self.chimera_tokenizer.decode([self.eot_token_id]))
+            max_new = kwargs.pop("max_gen_toks")
             unknown = sorted(set(kwargs) - set(SAMPLING_KWARGS))
             if unknown:
                 raise ValueError(f"generation settings the chimera backend does not take: {', '.join(unknown)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from chimera_jax.config import ConfigError, DataConfig, RunConfig
+from chimera_jax.config import ConfigError, DataConfig, RunConfig, check_rolling_cache
 from chimera_jax.tokenizer import TOKENIZERS
 
 NORMALISATION = ("perplexity = exp(mean nats per scored target token); bits/byte = total nats / ln 2 / UTF-8 bytes "
@@ -79,6 +79,8 @@ class EvalProtocol:
         max_len = cfg.model.max_seq_len or cfg.data.seq_len
         if cfg.model.positions == "learned" and out.seq_len > max_len:
             raise ConfigError(f"seq_len {out.seq_len} exceeds the model's {max_len} learned positions")
+        if out.window is not None:
+            check_rolling_cache(cfg.model)
         return out
 
     @property

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chimera_jax.config import check_rolling_cache
 from chimera_jax.generate.loading import decoding_layout, load_for_decoding
 from chimera_jax.generate.sampling import Sampling, next_tokens
 from chimera_jax.models.kv_cache import CacheLayout
@@ -106,6 +107,8 @@ class Generator:
                  layout: CacheLayout | None = None) -> Generator:
         """Load a run's model for decoding (MoE layers dispatch dropless: nothing dropped at any batch)."""
         model, cfg = load_for_decoding(run_dir, step=step, depth=depth)
+        if layout is not None:
+            check_rolling_cache(cfg.model)
         return cls(model, get_tokenizer(cfg.data.tokenizer), layout=layout)
 
     # ---- input checks: each a one-line error, raised before anything compiles ----

@@ -94,13 +94,16 @@ def extra_evaluations(cfg: RunConfig, ev: Evaluation) -> dict:
     tc = cfg.train
     out = {}
     for corpus in ev.corpora:
+        tqdm.write(f"{cfg.run_dir}: evaluating on {corpus}/{ev.split}")  # each takes seconds to minutes
         protocol = EvalProtocol(corpus=corpus, split=ev.split, max_windows=ev.max_windows, batch_size=tc.batch_size)
         result = evaluate_checkpoint(cfg.run_dir, protocol)
         out[f"corpus:{corpus}"] = {k: result[k] for k in (*FIGURES, "tokens_scored", "bytes_scored")}
     if cfg.model.time.enabled:
         validation = EvalProtocol(split="validation", batch_size=tc.batch_size,
                                   max_windows=tc.eval_batches * tc.batch_size)
-        for depth in depths(cfg.model.n_layers, ev.depths):
+        found = depths(cfg.model.n_layers, ev.depths)
+        tqdm.write(f"{cfg.run_dir}: evaluating at depths {', '.join(map(str, found))}")
+        for depth in found:
             result = evaluate_checkpoint(cfg.run_dir, validation, depth=depth)
             out[f"depth:{depth}"] = {k: result[k] for k in FIGURES}
     return out
@@ -135,19 +138,23 @@ def hf_baselines(study: Study, cfg: RunConfig, out: Path) -> list[dict]:
 
     ev = study.evaluation
     results = []
-    for spec in ev.hf_baselines:
-        for corpus in ev.corpora:
-            path = out / "hf" / f"{Path(spec).name}-{corpus}.json"
-            result = read_json(path)
-            if result is None:
-                protocol = EvalProtocol(corpus=corpus, split=ev.split, seq_len=cfg.data.seq_len,
-                                        max_windows=ev.max_windows, batch_size=cfg.train.batch_size,
-                                        data_dir=cfg.data.data_dir)
-                result = {**evaluate_isolated(spec, protocol, repeats=0), "corpus": corpus}
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if "error" not in result:
-                    write_json(path, result)
-            results.append(result)
+    pairs = [(spec, corpus) for spec in ev.hf_baselines for corpus in ev.corpora]
+    bar = tqdm(pairs, desc="HF baselines", unit="eval", dynamic_ncols=True, disable=not pairs)
+    for spec, corpus in bar:
+        path = out / "hf" / f"{Path(spec).name}-{corpus}.json"
+        result = read_json(path)
+        if result is None:
+            bar.set_postfix_str(f"{spec} on {corpus}/{ev.split}")  # a model load and a pass: tens of seconds
+            protocol = EvalProtocol(corpus=corpus, split=ev.split, seq_len=cfg.data.seq_len,
+                                    max_windows=ev.max_windows, batch_size=cfg.train.batch_size,
+                                    data_dir=cfg.data.data_dir)
+            result = {**evaluate_isolated(spec, protocol, repeats=0), "corpus": corpus}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if "error" not in result:
+                write_json(path, result)
+            else:
+                tqdm.write(f"HF baseline {spec} on {corpus}: {result['error']}")
+        results.append(result)
     return results
 
 
