@@ -35,7 +35,7 @@ def launch(command: str, *argv: str, monkeypatch, capsys) -> str:
     ("experiment", ["time_indexed", "--profile", "smoke", "--sedes", "2"], "unrecognized arguments: --sedes 2"),
     ("bench", ["train", "--presets", "standard:model.d_modle=3"], "error: unrecognized arguments: --model.d_modle 3"),
     ("bench", ["train", "--presets", "nope"], "error: presets: 'nope' is neither a row (standard, ti_ssm,"),
-    ("plot_experts", ["no/such/run"], "error: run_dir: no such folder no/such/run"),
+    ("plot_experts", ["no/such/run"], "error: checkpoint: no such folder no/such/run"),
     ("compare", ["no/such/run", "--hf", "gpt2"], "error: runs: no/such/run is not a run directory"),
 ])
 def test_a_bad_command_line_is_one_error_line(command, argv, line, monkeypatch, capsys, tmp_path):

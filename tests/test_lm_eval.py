@@ -71,7 +71,7 @@ def both(run, tmp_path_factory) -> tuple[dict, dict, Path]:
     export_run(run, folder / "model")
     out = folder / "results"
     runs = main(["--checkpoint", run, "--hf", str(folder / "model"), "--tasks", "bbc_topic", "--limit", "10",
-                 "--num-fewshot", "1", "--batch-size", "4", "--device", "cpu", "--output", str(out)])
+                 "--num-fewshot", "1", "--batch-size", "4", "--device", "cpu", "--out", str(out)])
     ours, theirs = runs.values()
     return ours, theirs, out
 
@@ -241,7 +241,7 @@ def test_a_byte_level_export_scores_in_lm_evals_hf_backend_as_in_ours(byte_expor
     byte_run, folder = byte_export
     ours, theirs = main(["--checkpoint", byte_run, "--hf", str(folder), "--tasks", "bbc_topic", "--limit", "2",
                          "--num-fewshot", "0", "--batch-size", "2", "--device", "cpu",
-                         "--output", str(tmp_path)]).values()
+                         "--out", str(tmp_path)]).values()
     a, b = loglikelihoods(ours), loglikelihoods(theirs)
     assert sorted(a) == sorted(b) == [0, 1]
     for doc in a:

@@ -25,7 +25,8 @@ def test_loads_from_metrics_and_checkpoint_are_shares_per_layer_and_plot(tiny_co
     np.testing.assert_allclose(from_ckpt.sum(-1), 1.0, rtol=1e-5)
 
     for extra in ([], ["--from-checkpoint"]):
-        out = plot_experts.main([str(cfg.run_dir), *extra, "--out", str(cfg.run_dir / f"plot{len(extra)}.png")])
+        out = plot_experts.main(["--checkpoint", str(cfg.run_dir), *extra,
+                                 "--out", str(cfg.run_dir / f"plot{len(extra)}.png")])
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="step: 99 was not logged"):
         plot_experts.main([str(cfg.run_dir), "--step", "99"])

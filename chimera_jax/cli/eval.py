@@ -52,7 +52,8 @@ def main(argv: Sequence[str]) -> dict:
     p = result["protocol"]
     print(f"{p['corpus']}/{p['split']}: {result['tokens_scored']:,} tokens  loss {result['loss']:.4f}  "
           f"ppl {result['perplexity']:.3f}  bpb {result['bits_per_byte']:.4f}  "
-          f"(tokenizer {p['tokenizer']}, seq-len {p['seq_len']}, stride {p['stride']}{cache_of(p)})")
+          f"(tokenizer {p['tokenizer']}, seq-len {p['seq_len']}, stride {p['stride']}{cache_of(p)}"
+          f"{'' if args.depth is None else f', depth {args.depth}'})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -1,19 +1,19 @@
 """Score a chimera checkpoint, and an HF model through lm-eval's own HF backend, on lm-evaluation-harness tasks.
 
     chimera-lm-eval --checkpoint RUN_DIR [--hf FOLDER|FILE.gguf|smollm2] --tasks T [T ...] [--num-fewshot K]
-        [--limit N] [--include-path DIR ...] [--batch-size 8] [--output DIR] [--step N] [--max-length T]
+        [--limit N] [--include-path DIR ...] [--batch-size 8] [--out DIR] [--step N] [--max-length T]
         [--device cpu]
     python scripts/lm_eval.py --checkpoint checkpoints/nano_gpt2 --hf smollm2 --tasks bbc_topic --num-fewshot 3
 
 Each model runs through ``lm_eval.simple_evaluate`` (the checkpoint as the registered ``chimera`` model,
 chimera_jax/eval/lm_eval_backend.py; ``--hf`` as lm-eval's ``hf`` model on a local folder, a ``.gguf`` file
 or a packaged name). lm-eval's table is printed for each, then one table with a row per model and task.
-``--output DIR`` saves what lm-eval's own CLI saves: ``DIR/<model>/results_<time>.json`` and the per-example
+``--out DIR`` saves what lm-eval's own CLI saves: ``DIR/<model>/results_<time>.json`` and the per-example
 ``samples_<task>_<time>.jsonl``. Our tasks (``bbc_topic``: chimera_jax/eval/tasks/) are always found;
 ``--include-path`` adds more. ``--limit N`` scores the first N test examples of each task (a fraction
 when below 1). An HF tokenizer without an EOS (a byte-level export) gets the one the ``chimera`` model uses,
 in memory. When the HF model fails, the table of the models already scored is printed, then one error line
-(with ``--output``, their results are already saved). A missing checkpoint, an unknown task or a bad number
+(with ``--out``, their results are already saved). A missing checkpoint, an unknown task or a bad number
 stops with one line before any model loads. Needs the eval extra: pip install -e '.[torch,eval]'.
 """
 
@@ -37,7 +37,7 @@ class LMEvalArgs:
     limit: float | None = None  # score only the first N examples of each task (below 1: a fraction)
     include_path: list[str] = field(default_factory=list)  # more folders of task configs
     batch_size: int = 8  # rows per forward pass (both backends)
-    output: str | None = None  # save results and per-example samples here, as lm-eval does
+    out: str | None = None  # save results and per-example samples here, as lm-eval does
     step: int | None = None  # checkpoint step; None: the newest readable
     max_length: int | None = None  # chimera: longest input scored; None: the model's own
     device: str | None = None  # the HF model's torch device; None: cuda when available
@@ -97,12 +97,12 @@ def task_manager(args: LMEvalArgs):
 
 
 def evaluate(label: str, model: str, model_args: dict, args: LMEvalArgs, manager) -> dict:
-    """One model through ``simple_evaluate`` (samples logged), saved under ``--output`` as lm-eval saves."""
+    """One model through ``simple_evaluate`` (samples logged), saved under ``--out`` as lm-eval saves."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.utils import sanitize_model_name
 
-    tracker = EvaluationTracker(output_path=args.output)
+    tracker = EvaluationTracker(output_path=args.out)
     results = lm_eval.simple_evaluate(
         model=model, model_args=model_args, tasks=list(args.tasks), num_fewshot=args.num_fewshot,
         limit=args.limit, batch_size=args.batch_size, log_samples=True, task_manager=manager,

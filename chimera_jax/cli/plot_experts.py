@@ -1,6 +1,6 @@
 """Per-layer expert utilisation of an MoE run, as a PNG.
 
-    chimera-plot-experts RUN_DIR [--from-checkpoint] [--batches 4] [--step N] [--out FILE.png]
+    chimera-plot-experts [--checkpoint] RUN_DIR [--from-checkpoint] [--batches 4] [--step N] [--out FILE.png]
     python scripts/plot_experts.py RUN_DIR                     # from RUN_DIR/metrics.jsonl
     python scripts/plot_experts.py RUN_DIR --from-checkpoint   # route validation windows through the model
 
@@ -33,7 +33,7 @@ LOAD_KEY = "aux/expert_load"
 
 @dataclass
 class PlotArgs:
-    run_dir: Path  # the MoE run (positional)
+    checkpoint: Path  # the MoE run: --checkpoint RUN, as every command names a run, or RUN alone
     from_checkpoint: bool = False  # route validation windows through the model
     batches: int = 4  # validation batches to route (with --from-checkpoint)
     step: int | None = None  # logged step to draw; None: the last
@@ -44,7 +44,7 @@ def loads_from_metrics(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(steps [S], loads [S, layers, E])`` of every logged training step."""
     lines = [line for line in read_metrics(run_dir, split="train") if LOAD_KEY in line]
     if not lines:
-        raise ConfigError(f"run_dir: no {LOAD_KEY} in {run_dir / 'metrics.jsonl'}: not an MoE run, or nothing "
+        raise ConfigError(f"checkpoint: no {LOAD_KEY} in {run_dir / 'metrics.jsonl'}: not an MoE run, or nothing "
                           "logged yet")
     return np.array([line["step"] for line in lines]), np.array([line[LOAD_KEY] for line in lines])
 
@@ -103,24 +103,24 @@ def plot(loads: np.ndarray, names: list[str], title: str,
 
 
 def main(argv: Sequence[str]) -> Path:
-    args = parse(PlotArgs, argv, positional="run_dir")
-    if not args.run_dir.is_dir():
-        raise ConfigError(f"run_dir: no such folder {args.run_dir}")
+    args = parse(PlotArgs, argv, positional="checkpoint")
+    if not args.checkpoint.is_dir():
+        raise ConfigError(f"checkpoint: no such folder {args.checkpoint}")
     if args.from_checkpoint:
-        loads, cfg, step = loads_from_checkpoint(args.run_dir, args.batches)
+        loads, cfg, step = loads_from_checkpoint(args.checkpoint, args.batches)
         history, source = None, f"checkpoint step {step}, {args.batches} validation batches"
     else:
-        config_file = args.run_dir / "config.yaml"
+        config_file = args.checkpoint / "config.yaml"
         cfg = from_yaml(config_file.read_text()) if config_file.exists() else None
-        steps, all_loads = loads_from_metrics(args.run_dir)
+        steps, all_loads = loads_from_metrics(args.checkpoint)
         i = len(steps) - 1 if args.step is None else int(np.searchsorted(steps, args.step))
         if i >= len(steps) or (args.step is not None and steps[i] != args.step):
             raise ConfigError(f"step: {args.step} was not logged; logged steps: {steps[0]}..{steps[-1]}")
         history = (steps, all_loads) if len(steps) > 1 else None
         loads, source = all_loads[i], f"training batch at step {steps[i]}"
-    name = cfg.name if cfg is not None else args.run_dir.name
+    name = cfg.name if cfg is not None else args.checkpoint.name
     fig = plot(loads, layer_names(cfg, len(loads)), f"{name}: expert load per MoE layer ({source})", history)
-    out = args.out or args.run_dir / "expert_load.png"
+    out = args.out or args.checkpoint / "expert_load.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     print(f"wrote {out}")
