@@ -153,7 +153,7 @@ def test_export_then_eval_hf_and_compare_a_run(tiny_config, tmp_path):
     folder = export_hf.main(["--checkpoint", str(cfg.run_dir), "--out", str(tmp_path / "hf")])
     protocol = ["--data", "bbc_news", "--split", "validation", "--seq-len", "32", "--max-windows", "4",
                 "--repeats", "1"]
-    torch_result = eval_hf.main(["--model", str(cfg.run_dir), *protocol])
+    torch_result = eval_hf.main(["--hf", str(cfg.run_dir), *protocol])
     results = compare.main([str(cfg.run_dir), "--hf", str(folder), "no/such-model", *protocol,
                             "--json", str(tmp_path / "t.json")])
     assert [r["model"] for r in results] == [str(cfg.run_dir), str(folder), "no/such-model"]

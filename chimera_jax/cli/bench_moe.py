@@ -1,12 +1,12 @@
 """Time the MoE dispatches and an MoE train step against dense, in one run.
 
     chimera-bench-moe [--repeats 7] [--blocks 32 64 ...] [--skip-train] [--skip-layers] [--cpu-time]
-        [--profile DIR] [--train-layers 2] [--train-vocab 256] [--train-seq 512] [--train-batch 8]
+        [--trace DIR] [--train-layers 2] [--train-vocab 256] [--train-seq 512] [--train-batch 8]
     python scripts/bench_moe.py                 # all three sections
     python scripts/bench_moe.py --skip-train    # sections 1 and 2
     python scripts/bench_moe.py --skip-layers --train-seq 128   # section 3 at another shape
     python scripts/bench_moe.py --cpu-time      # process CPU time instead of wall time (busy machines)
-    python scripts/bench_moe.py --profile /tmp/moe_trace   # where the dropless layer's time goes
+    python scripts/bench_moe.py --trace /tmp/moe_trace   # where the dropless layer's time goes
 
 1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
    dispatch, at seed 000's shape (E=16, k=2, d_model 512, d_ff 2048, 8x128 tokens) and a small one.
@@ -59,7 +59,7 @@ class BenchArgs:
     skip_train: bool = False  # sections 1 and 2 only
     skip_layers: bool = False  # section 3 only
     cpu_time: bool = False  # process CPU time (all threads) instead of wall time
-    profile: str | None = None  # only trace seed 000's dropless layer into this folder, print its top ops
+    trace: str | None = None  # only trace seed 000's dropless layer into this folder, print its top ops
     train_layers: int = 2  # dwr_moe has 6
     train_vocab: int = 256  # at least the byte tokenizer's 256; dwr_moe has 50304
     train_seq: int = 512  # dwr_moe's context
@@ -180,8 +180,8 @@ def main(argv: Sequence[str]) -> None:
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start")
-    if args.profile:
-        profile_layer(next(iter(SHAPES.values())), "dropless", args.profile)
+    if args.trace:
+        profile_layer(next(iter(SHAPES.values())), "dropless", args.trace)
         return
     if not args.skip_layers:
         print(f"\n1. one MoE layer, forward + backward, {unit} (median of {args.repeats})")

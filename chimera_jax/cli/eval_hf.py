@@ -1,12 +1,13 @@
 """Evaluate a causal LM in PyTorch under our protocol: the same token stream, windows and loss summary.
 
-    chimera-eval-hf --model gpt2|PATH|FILE.gguf|smollm2|RUN_DIR [--data wikitext-2] [--split test]
+    chimera-eval-hf --hf gpt2|PATH|FILE.gguf|smollm2|RUN_DIR [--data wikitext-2] [--split test]
         [--seq-len 512] [--stride 512] [--max-windows 16] [--batch-size 8] [--repeats 3] [--device cuda]
         [--dtype float32] [--json out.json]
-    python scripts/eval_hf.py --model smollm2 --data wikitext-2 --split test --seq-len 512 --max-windows 16
+    python scripts/eval_hf.py --hf smollm2 --data wikitext-2 --split test --seq-len 512 --max-windows 16
 
-``--model`` takes a hub name, an HF folder, a ``.gguf`` file, ``smollm2`` (packaged) or one of our run
-directories, exported to its HF equivalent on the fly (it scores the very stream ``chimera-eval`` does).
+``--hf`` (named as in ``chimera-compare`` and ``chimera-lm-eval``) takes a hub name, an HF folder, a ``.gguf``
+file, ``smollm2`` (packaged) or one of our run directories, exported to its HF equivalent on the fly (it
+scores the very stream ``chimera-eval`` does).
 Defaults: WikiText-2 test at seq-len 512. Needs the torch extra: pip install -e '.[torch]'.
 """
 
@@ -23,7 +24,7 @@ from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, parse, prot
 
 @dataclass(kw_only=True)
 class EvalHFArgs(BaselineProtocol):
-    model: str  # hub name, HF folder, .gguf file, 'smollm2', or a chimera run directory
+    hf: str  # hub name, HF folder, .gguf file, 'smollm2', or a chimera run directory
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str]) -> dict:
     args = parse(EvalHFArgs, argv, aliases=PROTOCOL_ALIASES)
     from chimera_jax.bridge.hf_eval import evaluate_hf  # torch loads only once the arguments are known good
 
-    result = evaluate_hf(args.model, protocol_of(args), device=args.device, dtype=args.dtype, repeats=args.repeats,
+    result = evaluate_hf(args.hf, protocol_of(args), device=args.device, dtype=args.dtype, repeats=args.repeats,
                          progress=True)
     print(format_result(result))
     if args.json:

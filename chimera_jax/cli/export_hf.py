@@ -6,7 +6,7 @@
 The family is picked from the model config (GPT-2 for learned or sinusoidal positions with LayerNorm and
 GELU, Llama for RoPE, RMSNorm and SwiGLU); models with no exact HF equivalent (MoE, SSM, time-indexed)
 are refused with the reasons. The folder loads with ``AutoModelForCausalLM.from_pretrained`` and
-``AutoTokenizer.from_pretrained``, and ``chimera-eval-hf --model FOLDER`` scores it in torch.
+``AutoTokenizer.from_pretrained``, and ``chimera-eval-hf --hf FOLDER`` scores it in torch.
 Needs the torch extra: pip install -e '.[torch]'.
 """
 
