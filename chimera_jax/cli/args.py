@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import draccus
@@ -45,6 +46,12 @@ class BaselineProtocol(EvalProtocol):
 def protocol_of(args: EvalProtocol) -> EvalProtocol:
     """The protocol fields of a command's arguments, as the plain protocol evaluation takes."""
     return EvalProtocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalProtocol)})
+
+
+def check_run_dir(path: str | Path, field: str) -> None:
+    """A one-line error, before JAX loads, for a ``field`` naming a folder that is not a training run."""
+    if not (Path(path) / "checkpoints").is_dir():
+        raise ConfigError(f"{field}: {path} is not a run directory (no checkpoints/ in it)")
 
 
 def normalise(arg: str) -> str:

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, parse, protocol_of
-from chimera_jax.config import ConfigError
+from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, check_run_dir, parse, protocol_of
 from chimera_jax.errors import UserError
 
 
@@ -33,8 +32,7 @@ class CompareArgs(BaselineProtocol):
 def main(argv: Sequence[str]) -> list[dict]:
     args = parse(CompareArgs, argv, positional="runs", aliases=PROTOCOL_ALIASES)
     for run in args.runs:
-        if not (Path(run) / "checkpoints").is_dir():
-            raise ConfigError(f"runs: {run} is not a run directory (no checkpoints/ in it)")
+        check_run_dir(run, "runs")
     from chimera_jax.bridge.compare import evaluate_isolated, report
 
     protocol = protocol_of(args)

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimera_jax.cli.args import PROTOCOL_ALIASES, parse, protocol_of
-from chimera_jax.config import ConfigError
+from chimera_jax.cli.args import PROTOCOL_ALIASES, check_run_dir, parse, protocol_of
 from chimera_jax.eval.protocol import EvalProtocol
 
 
@@ -44,8 +43,7 @@ def cache_of(protocol: dict) -> str:
 
 def main(argv: Sequence[str]) -> dict:
     args = parse(EvalArgs, argv, aliases=PROTOCOL_ALIASES)
-    if not (Path(args.checkpoint) / "checkpoints").is_dir():
-        raise ConfigError(f"checkpoint: {args.checkpoint} is not a run directory (no checkpoints/ in it)")
+    check_run_dir(args.checkpoint, "checkpoint")
     from chimera_jax.eval.run import evaluate_checkpoint  # JAX loads only once the arguments are known good
 
     result = evaluate_checkpoint(args.checkpoint, protocol_of(args), step=args.step, depth=args.depth, progress=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimera_jax.cli.args import parse
+from chimera_jax.cli.args import check_run_dir, parse
 from chimera_jax.config import ConfigError
 
 if TYPE_CHECKING:
@@ -90,8 +90,7 @@ def summary(generation: Generation, cache: str) -> str:
 def main(argv: Sequence[str]) -> Generation:
     """Run the command; returns the ``Generation``."""
     args = parse(GenerateArgs, argv)
-    if not (Path(args.checkpoint) / "checkpoints").is_dir():
-        raise ConfigError(f"checkpoint: {args.checkpoint} is not a run directory (no checkpoints/ in it)")
+    check_run_dir(args.checkpoint, "checkpoint")
     prompts = read_prompts(args)
     if args.window is None and args.sink_tokens:
         raise ConfigError("sink_tokens: --sink-tokens needs --window (a full cache keeps every token anyway)")

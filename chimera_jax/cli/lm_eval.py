@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import parse
+from chimera_jax.cli.args import check_run_dir, parse
 from chimera_jax.config import ConfigError
 from chimera_jax.errors import UserError
 
@@ -47,8 +47,8 @@ def check(args: LMEvalArgs) -> None:
     """The arguments that can be checked without lm-eval: each problem is a one-line ``ConfigError``."""
     if args.checkpoint is None and args.hf is None:
         raise ConfigError("checkpoint: give --checkpoint RUN_DIR, --hf MODEL, or both")
-    if args.checkpoint is not None and not (Path(args.checkpoint) / "checkpoints").is_dir():
-        raise ConfigError(f"checkpoint: {args.checkpoint} is not a run directory (no checkpoints/ in it)")
+    if args.checkpoint is not None:
+        check_run_dir(args.checkpoint, "checkpoint")
     if not args.tasks:
         raise ConfigError("tasks: name at least one task (--tasks bbc_topic)")
     if args.num_fewshot is not None and args.num_fewshot < 0:
