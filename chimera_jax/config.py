@@ -146,8 +146,9 @@ class ModelConfig:
     time: TimeConfig = field(default_factory=TimeConfig)
     # Layers per step of the layer scan; >= n_layers unrolls the stack. Unrolled, each layer reads its
     # weights in place instead of copying its slice of the stacked arrays every step (faster for large
-    # stacked weights such as MoE experts: docs/moe.md), but compile time grows with depth. Execution
-    # only: the parameters are the same, and a checkpoint resumes under any value.
+    # stacked weights such as MoE experts: docs/moe.md), and a time-indexed stack runs as a Python loop
+    # that stacks no saved activations over depth (docs/speed.md), but compile time grows with depth.
+    # Execution only: the parameters are the same, and a checkpoint resumes under any value.
     scan_unroll: int = 1
     # Gradient checkpointing of each layer-scan step: none keeps every activation for the backward pass;
     # block keeps only each layer's input and runs the layer again; dots keeps the matmul outputs and

@@ -128,7 +128,8 @@ SSM_SEQUENTIAL = dict(mixer="ssm", positions="none", ssm=SSMConfig(scan="sequent
 EXECUTION_CASES = {
     "dense_unroll_2_remat_dots": ("dense", dict(scan_unroll=2, remat="dots")),
     "moe_every_2_unroll_4_remat_block": ("moe_every_2", dict(scan_unroll=4, remat="block")),
-    "ti_ssm_unroll_4_remat_dots": ("ti_ssm", dict(scan_unroll=4, remat="dots")),
+    "ti_ssm_unroll_2_remat_dots": ("ti_ssm", dict(scan_unroll=2, remat="dots")),
+    "ti_ssm_loop_remat_block": ("ti_ssm", dict(scan_unroll=4, remat="block")),  # unrolled: a Python loop
     "ssm_scan_chunked": ("ssm_sequential", dict(ssm=SSMConfig(scan="chunked", chunk=5))),
 }
 FAMILIES = {"dense": {}, "moe_every_2": MOE_EVERY_2, "ti_ssm": TI_SSM, "ssm_sequential": SSM_SEQUENTIAL}

@@ -51,7 +51,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from chimera_jax.config import ConfigError, TimeConfig
 from chimera_jax.models.layers import Linear, sinusoidal_embedding
 from chimera_jax.models.roles import Role, role
-from chimera_jax.models.transformer import Block, Context, scan_layers, stacked_state
+from chimera_jax.models.transformer import Block, Context, loop_layers, scan_layers, stacked_state
 
 # t in (0, 1] is scaled before the sinusoids so their frequencies (TIME_SCALE down to TIME_SCALE / 1e4 per
 # unit t) span both features that separate neighbouring layers and ones that vary smoothly across depth.
@@ -193,8 +193,12 @@ class TimeIndexedStack(eqx.Module):
             return multiply_leaves(self.block, {s.path: g for s, g in zip(self.modulation.specs, gates, strict=True)})
 
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
-        return scan_layers(lambda t, h, k: self.block_at(t)(h, ctx, k), self.times(), x, self.depth, key,
-                           self.unroll, self.remat)
+        def step(t, h, k):
+            return self.block_at(t)(h, ctx, k)
+
+        if self.unroll >= self.depth:  # unrolled: a loop, as the shared weights need no per-layer slice
+            return loop_layers(step, list(self.times()), x, key, self.remat)
+        return scan_layers(step, self.times(), x, self.depth, key, self.unroll, self.remat)
 
     def layers(self) -> tuple[Block, ...]:
         """The shared block gated at each depth's t, as ``depth`` blocks of their own."""

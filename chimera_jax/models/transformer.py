@@ -19,7 +19,7 @@ marks right padding, so prompts of different lengths share one batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -132,6 +132,23 @@ def scan_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, d
     return jax.lax.scan(body, x, (stacked, keys), unroll=max(1, min(unroll, n)))
 
 
+def loop_layers(step: Callable[[Any, Array, PRNGKeyArray | None], tuple[Array, dict]], layers: Sequence[Any],
+                x: Array, key: PRNGKeyArray | None, remat: str = "none") -> tuple[Array, dict]:
+    """Run ``step(layer, x, key)`` for each of ``layers`` in a Python loop (unrolled when traced), with the keys
+    and remat of ``scan_layers``. Nothing is stacked over the layers: where a scan writes every layer's saved
+    activations into zero-filled ``[layers, ...]`` buffers and slices them out again in the backward pass, here
+    each stays an array of its own (docs/speed.md). The aux of the layers that report is stacked, as the scan's."""
+    keys = jax.random.split(key, len(layers)) if key is not None else (None,) * len(layers)
+    if remat != "none":
+        step = jax.checkpoint(step, policy=REMAT_POLICIES[remat])
+    auxes = []
+    for layer, k in zip(layers, keys, strict=True):
+        x, aux = step(layer, x, k)
+        if aux:  # as the scan's: stacked over the layers that report (the MoE ones)
+            auxes.append(aux)
+    return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *auxes) if auxes else {}
+
+
 class ScannedStack(eqx.Module):
     """``n_layers`` blocks with their own weights, run as a scan over groups of ``len(groups)`` layers.
 
@@ -198,13 +215,7 @@ class LayerList(eqx.Module):
         return self.blocks
 
     def __call__(self, x: Array, ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
-        keys = jax.random.split(key, len(self.blocks)) if key is not None else (None,) * len(self.blocks)
-        auxes = []
-        for block, k in zip(self.blocks, keys, strict=True):
-            x, aux = block(x, ctx, k)
-            if aux:  # as the scan's: stacked over the layers that report (the MoE ones)
-                auxes.append(aux)
-        return x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *auxes) if auxes else {}
+        return loop_layers(lambda block, h, k: block(h, ctx, k), self.blocks, x, key)
 
     def init_state(self, batch: int, layout: Any, dtype) -> tuple[Any, ...]:
         return tuple(block.mixer.init_state(batch, layout, dtype) for block in self.blocks)
