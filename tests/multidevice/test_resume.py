@@ -11,9 +11,11 @@ from chimera_jax.train.checkpoint import load_model
 from chimera_jax.train.loop import train
 from chimera_jax.train.metrics import read_metrics
 
-# The time-indexed SSM with two micro-batches per step: the stack and the accumulation scan on a mesh too.
+# The time-indexed SSM with two micro-batches per step, its stack a loop over depth as the preset runs it: the
+# stack and the accumulation scan on a mesh too.
 TI_SSM = ("--model.mixer", "ssm", "--model.positions", "none", "--model.time.enabled", "true",
-          "--model.ssm.kind", "ssd", "--model.ssm.head_dim", "32", "--train.grad_accum", "2")
+          "--model.ssm.kind", "ssd", "--model.ssm.head_dim", "32", "--model.scan_unroll", "8",
+          "--train.grad_accum", "2")
 
 
 def _losses(run_dir, split: str = "train") -> dict[int, float]:
