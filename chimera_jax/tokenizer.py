@@ -19,6 +19,8 @@ import numpy as np
 import tiktoken
 from jaxtyping import Integer
 
+from chimera_jax.errors import UserError
+
 # The hashes tiktoken pins in tiktoken_ext/openai_public.py::gpt2 (tests check they still agree).
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
@@ -174,14 +176,31 @@ TOKENIZERS = {"gpt2": GPT2Tokenizer, "byte": ByteTokenizer}
 # Vocabulary sizes known without building a tokenizer, so configs are checked before any work.
 VOCAB_SIZES = {"gpt2": 50257, "byte": 256}
 # ``hf:SPEC``: an imported HF model's own tokenizer (SPEC: a hub name, folder, .gguf or packaged name such as
-# smollm2; chimera_jax/bridge/hf_load.py). A run fine-tuned from that model keeps a copy, ``hf:/abs/RUN/tokenizer``
-# (chimera_jax/finetune/stage.py ``tokenizer_copy``).
+# smollm2; chimera_jax/bridge/hf_load.py).
 HF_PREFIX = "hf:"
+# A run fine-tuned from that model keeps a copy, RUN/tokenizer/ (chimera_jax/finetune/stage.py), and its config names
+# it relative to the run, so that the run still loads once moved or copied, and never from a copy outside itself.
+# Reading the run's config (train/checkpoint.py ``load_run_config``) makes it that folder's path (``in_run``).
+RUN_TOKENIZER = HF_PREFIX + "$RUN/tokenizer"
+
+
+def tokenizer_copy(run_dir: str | Path) -> Path:
+    """The folder where the run in ``run_dir`` keeps its copy of an HF tokenizer, absolute so that it loads (as ``hf:``
+    + it) from any directory."""
+    return Path(run_dir).resolve() / "tokenizer"
+
+
+def in_run(name: str, run_dir: str | Path) -> str:
+    """A tokenizer name read from the config of the run in ``run_dir``: ``RUN_TOKENIZER`` made its copy's path."""
+    return HF_PREFIX + str(tokenizer_copy(run_dir)) if name == RUN_TOKENIZER else name
 
 
 @functools.cache
 def get_tokenizer(name: str) -> Tokenizer:
     """The tokenizer called ``name`` (one of ``TOKENIZERS``, or ``hf:SPEC``); one shared instance per name."""
+    if name == RUN_TOKENIZER:
+        raise UserError(f"data.tokenizer={RUN_TOKENIZER} names a run's own copy (RUN/tokenizer/) but no run directory "
+                        "is known here: read the config with load_run_config(RUN), or name the copy's folder")
     if name.startswith(HF_PREFIX):
         from chimera_jax.bridge.imported_tokenizer import imported_tokenizer
 

@@ -22,13 +22,14 @@ from chimera_jax.bridge.convert import export_run
 from chimera_jax.bridge.imported_tokenizer import fingerprint, imported_tokenizer
 from chimera_jax.cli import finetune as finetune_cli
 from chimera_jax.config import ConfigError, FinetuneConfig, load_config
+from chimera_jax.errors import UserError
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.eval.run import evaluate_checkpoint
 from chimera_jax.finetune.data import TEMPLATE, encode_records, read_records, step_rows
 from chimera_jax.finetune.losses import _dpo_step_loss, batch_logps, dpo_loss, sft_loss
-from chimera_jax.finetune.stage import finetune, finetune_config, sft_validation, tokenizer_to_keep
+from chimera_jax.finetune.stage import finetune, finetune_config, naming_the_copy, sft_validation, tokenizer_to_keep
 from chimera_jax.generate.engine import Generator
-from chimera_jax.tokenizer import get_tokenizer
+from chimera_jax.tokenizer import RUN_TOKENIZER, get_tokenizer
 from chimera_jax.train.checkpoint import load_model, load_run_config
 from chimera_jax.train.loop import train
 from chimera_jax.train.metrics import read_metrics
@@ -278,7 +279,7 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
                         "--data.cache_dir", str(token_cache), "--finetune.prompt_field", "instruction",
                         "--finetune.response_field", "output")
     kept = (tmp_path / "hf" / "sft" / "tokenizer").resolve()
-    assert (from_hf.name, from_hf.data.tokenizer) == ("tiny-hf-sft", f"hf:{kept}")
+    assert (from_hf.name, from_hf.data.tokenizer) == ("tiny-hf-sft", RUN_TOKENIZER)
     assert from_hf.data.tokenizer != from_run.data.tokenizer == "byte"
     summaries = finetune(from_run), finetune(from_hf)
     assert summaries[1]["data"] == f"{folder}: 16 read, 16 used (0 truncated), 0 rejected"
@@ -290,7 +291,7 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
             assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
 
     (model_run, _), (model_hf, cfg_hf) = load_model(from_run.run_dir), load_model(from_hf.run_dir)
-    assert cfg_hf.data.tokenizer == from_hf.data.tokenizer
+    assert cfg_hf.data.tokenizer == f"hf:{kept}"
     tokens = jnp.asarray([BYTES.encode(TEMPLATE.format(prompt="Name item 3."))])
     np.testing.assert_allclose(model_hf(tokens, inference=True)[0], model_run(tokens, inference=True)[0], atol=1e-4)
     protocol = EvalProtocol(split="validation", max_windows=2, batch_size=2)
@@ -299,14 +300,17 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
 
 
 def test_dpo_from_the_hf_folder_takes_it_as_the_reference_and_keeps_its_tokenizer(exported, tmp_path, monkeypatch):
-    """The run keeps the folder's tokenizer: once the folder is moved away it still loads, gives the folder's ids
-    and generates; resuming it, which needs the folder again (DPO's reference), says so in one line."""
+    """The run keeps the folder's tokenizer: once the folder is moved away, and the run itself too, it still loads,
+    gives the folder's ids and generates; resuming it, which needs the folder again (DPO's reference), says so in
+    one line."""
     source = shutil.copytree(exported, tmp_path / "tiny-hf")
     data = write_jsonl(tmp_path / "dpo.jsonl", dpo_records(8))
     cfg = ft_config(source, tmp_path, "dpo", data, "--train.steps", "1", "--train.eval_every", "1",
                     "--train.checkpoint_every", "1", "--data.seq_len", str(SEQ))
     kept = tmp_path / "dpo" / "tokenizer"
-    assert cfg.data.tokenizer == f"hf:{kept.resolve()}" and not kept.exists()
+    assert cfg.data.tokenizer == RUN_TOKENIZER and not kept.exists()
+    with pytest.raises(UserError, match=r"no run directory is known here: read the config with load_run_config"):
+        get_tokenizer(RUN_TOKENIZER)  # relative to no run
     finetune(cfg)
     first = read_metrics(cfg.run_dir, "train")[0]
     # The policy starts as the reference: every margin is 0.
@@ -314,20 +318,8 @@ def test_dpo_from_the_hf_folder_takes_it_as_the_reference_and_keeps_its_tokenize
     assert first["reward_margin"] == 0
 
     moved = source.rename(tmp_path / "moved")
-    get_tokenizer.cache_clear()  # as in a later process: nothing loaded from the folder before it moved
-    monkeypatch.chdir(moved)
     run_cfg = load_run_config(cfg.run_dir)
-    assert run_cfg.data.tokenizer == cfg.data.tokenizer
-    ours, theirs = get_tokenizer(run_cfg.data.tokenizer), imported_tokenizer(str(moved))
-    assert fingerprint(ours.hf) == fingerprint(theirs.hf)
-    assert (ours.vocab_size, ours.eos_id) == (theirs.vocab_size, theirs.eos_id)
-    np.testing.assert_array_equal(ours.id_byte_lengths(), theirs.id_byte_lengths())
-    text = "Caf\u00e9 \u65e5\u672c <|endoftext|>\n\n### Response:\n"
-    assert ours.encode(text) == theirs.encode(text) and ours.decode(theirs.encode(text)) == text
-    generation = Generator.from_run(cfg.run_dir).generate(text, max_new_tokens=4, ignore_eos=True)
-    assert generation.prompt_tokens == [len(theirs.encode(text))]
-    assert generation.texts[0] == theirs.decode(generation.tokens[0]) and generation.new_tokens == [4]
-
+    assert run_cfg.data.tokenizer == f"hf:{kept.resolve()}" and naming_the_copy(run_cfg).data.tokenizer == RUN_TOKENIZER
     # Resuming: the source is gone. The same command, or the run's own config, stops with one line.
     gone = f"checkpoint: {source}, the source of the run in {cfg.run_dir}, cannot be read (no such HF model folder"
     for resume in (lambda: finetune_cli.main(["--checkpoint", str(source), "--stage", "dpo", "--data", str(data),
@@ -336,10 +328,27 @@ def test_dpo_from_the_hf_folder_takes_it_as_the_reference_and_keeps_its_tokenize
         with pytest.raises(ConfigError) as err:
             resume()
         assert str(err.value).startswith(gone) and "\n" not in str(err.value), str(err.value)
-    # With the source back, a resumed run names the copy and does not save it again.
+
+    run = Path(shutil.move(cfg.run_dir, tmp_path / "dpo-moved"))  # the run itself moves: it names its copy relatively
+    assert not cfg.run_dir.exists()
+    get_tokenizer.cache_clear()  # as in a later process: nothing loaded from the folder or the run before they moved
+    monkeypatch.chdir(moved)
+    tokenizer = load_run_config(run).data.tokenizer
+    assert tokenizer == f"hf:{(run / 'tokenizer').resolve()}"  # its own copy, never one outside it
+    ours, theirs = get_tokenizer(tokenizer), imported_tokenizer(str(moved))
+    assert fingerprint(ours.hf) == fingerprint(theirs.hf)
+    assert (ours.vocab_size, ours.eos_id) == (theirs.vocab_size, theirs.eos_id)
+    np.testing.assert_array_equal(ours.id_byte_lengths(), theirs.id_byte_lengths())
+    text = "Caf\u00e9 \u65e5\u672c <|endoftext|>\n\n### Response:\n"
+    assert ours.encode(text) == theirs.encode(text) and ours.decode(theirs.encode(text)) == text
+    generation = Generator.from_run(run).generate(text, max_new_tokens=4, ignore_eos=True)
+    assert generation.prompt_tokens == [len(theirs.encode(text))]
+    assert generation.texts[0] == theirs.decode(generation.tokens[0]) and generation.new_tokens == [4]
+
+    # With the source back, the moved run resumed names its copy and does not save it again.
     moved.rename(source)
-    again = ft_config(source, tmp_path, "dpo", data, "--train.steps", "2")
-    assert again.data.tokenizer == cfg.data.tokenizer and tokenizer_to_keep(again) is None
+    again = finetune_config(source, "dpo", str(data), run, ["--train.steps", "2"])
+    assert again.data.tokenizer == RUN_TOKENIZER and tokenizer_to_keep(again) is None
 
 
 def test_an_hf_dataset_folder_or_file_is_read_by_split_offline(datasets_cache, tmp_path):

@@ -1,7 +1,7 @@
 """An HF tokenizer as ours (``HFTokenizer``): the ``chimera_jax.tokenizer.Tokenizer`` protocol, so an HF model's
 text goes through ``chimera_jax.data.load_stream`` (documents, separators, bytes per token, the token cache)
 exactly as a chimera run's does, and a run fine-tuned from an HF model keeps the model's own tokenizer (``save``:
-a copy in the run, ``data.tokenizer: hf:/abs/RUN/tokenizer``). Imports nothing of chimera_jax.tokenizer, which
+a copy in the run, ``data.tokenizer: hf:$RUN/tokenizer``). Imports nothing of chimera_jax.tokenizer, which
 loads ``hf:`` names through it.
 """
 

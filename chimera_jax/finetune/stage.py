@@ -7,8 +7,10 @@ bridge/hf_load.py) becomes our Decoder (bridge/convert.py ``from_hf``); the run'
 from the HF config. Its other settings are the defaults (``RunConfig``) and the flags.
 
 A run whose source's tokenizer is an HF model's (``hf:SPEC``: the source is an HF model, or a run fine-tuned from
-one) keeps a copy of it, ``RUN/tokenizer/``, saved when the run starts and named ``hf:/abs/RUN/tokenizer``
-(chimera_jax/tokenizer.py), so the run loads, evaluates, generates and resumes like any run without SPEC.
+one) keeps a copy of it, ``RUN/tokenizer/``, saved when the run starts and named relative to the run,
+``hf:$RUN/tokenizer`` (chimera_jax/tokenizer.py ``RUN_TOKENIZER``; ``load_run_config`` reads it as the copy in the
+run's directory), so the run loads, evaluates, generates and resumes like any run without SPEC, also once moved or
+copied elsewhere.
 
 For DPO the frozen reference is the starting model: its log-probabilities of every record's chosen and
 rejected responses are computed once, before training, and travel in the batches.
@@ -44,7 +46,7 @@ from chimera_jax.config import (
 from chimera_jax.errors import UserError
 from chimera_jax.finetune.data import Rows, encode_records, read_records, split_validation, step_rows
 from chimera_jax.finetune.losses import SFT_LOSS, batch_logps, dpo_loss, dpo_step_loss
-from chimera_jax.tokenizer import HF_PREFIX, get_tokenizer
+from chimera_jax.tokenizer import HF_PREFIX, RUN_TOKENIZER, get_tokenizer, in_run, tokenizer_copy
 from chimera_jax.train.checkpoint import EXECUTION_ONLY, CheckpointError, load_model, load_run_config
 from chimera_jax.train.distributed import initialize
 from chimera_jax.train.loop import Objective, run
@@ -102,16 +104,17 @@ def check_source(ft: FinetuneConfig, run_dir: Path) -> None:
         imported_config(ft.source, run_dir)
 
 
-def tokenizer_copy(run_dir: str | Path) -> Path:
-    """The folder where a run keeps its copy of an HF tokenizer (named ``hf:`` + it), absolute so the run loads
-    from any directory."""
-    return Path(run_dir).resolve() / "tokenizer"
+def naming_the_copy(cfg: RunConfig) -> RunConfig:
+    """``cfg`` naming its run's copy of its tokenizer relative to the run, as the run records it, also when ``cfg``
+    came from ``load_run_config`` (which names the copy by its path) or from a run made before that."""
+    if cfg.data.tokenizer != in_run(RUN_TOKENIZER, cfg.run_dir):
+        return cfg
+    return replace(cfg, data=replace(cfg.data, tokenizer=RUN_TOKENIZER))
 
 
 def tokenizer_to_keep(cfg: RunConfig) -> str | None:
     """The source's tokenizer, when ``cfg`` names the copy its run keeps and the copy is not saved yet."""
-    copy = tokenizer_copy(cfg.run_dir)
-    if cfg.data.tokenizer != HF_PREFIX + str(copy) or copy.is_dir():
+    if cfg.data.tokenizer != RUN_TOKENIZER or tokenizer_copy(cfg.run_dir).is_dir():
         return None
     return source_config(cfg.finetune.source, cfg.run_dir).data.tokenizer
 
@@ -135,7 +138,7 @@ def finetune_config(source: str | Path, stage: str, data: str, out: str | Path |
     model's (``source_config``), named ``<name>-<stage>``, in ``out`` (default: a run's directory + ``-sft`` /
     ``-dpo``, ``checkpoints/<name>-<stage>`` for an HF model), with the dotted ``overrides`` (``--train.steps 200``,
     ``--finetune.beta 0.2``) applied last, except the model's (``check_model_kept``). An HF tokenizer (``hf:SPEC``)
-    becomes the copy the run keeps (``tokenizer_copy``)."""
+    becomes the copy the run keeps (``RUN_TOKENIZER``)."""
     source = str(source)
     check_model_kept(source, overrides)
     if out is None:
@@ -144,7 +147,7 @@ def finetune_config(source: str | Path, stage: str, data: str, out: str | Path |
     base = source_config(source, out)
     name = f"{base.name}-{stage}"
     if base.data.tokenizer.startswith(HF_PREFIX):
-        base = replace(base, data=replace(base.data, tokenizer=HF_PREFIX + str(tokenizer_copy(out))))
+        base = replace(base, data=replace(base.data, tokenizer=RUN_TOKENIZER))
     # Local paths recorded absolute: a resumed run (DPO's reference included) loads them from any directory.
     cfg = replace(base, name=name, train=replace(base.train, run_dir=str(out)),
                   finetune=replace(base.finetune, stage=stage, source=recorded_spec(source),
@@ -217,13 +220,14 @@ def finetune(cfg: RunConfig, max_traces: int | None = None, devices: Sequence[ja
     """Fine-tune ``cfg.finetune.source``'s model on ``cfg.finetune.data`` (``finetune_config`` builds ``cfg``) in
     ``cfg.run_dir``, continuing from its newest checkpoint if there is one. The records are read and checked
     (``DataReport``) before the run's copy of its tokenizer is saved, the model loads or anything compiles."""
+    cfg = naming_the_copy(cfg)
     ft, tc = cfg.finetune, cfg.train
     check_source(ft, cfg.run_dir)
     if ft.data is None:
         raise ConfigError("finetune.data: no records to train on (--data FILE.jsonl or an HF dataset name)")
     initialize(cfg.distributed)
     unsaved = tokenizer_to_keep(cfg)
-    tokenizer = get_tokenizer(unsaved or cfg.data.tokenizer)
+    tokenizer = get_tokenizer(unsaved or in_run(cfg.data.tokenizer, cfg.run_dir))
     records = read_records(ft.data, ft.split, ft.max_records, ft.subset)
     rows, report = encode_records(records, ft, tokenizer, cfg.data.seq_len, ft.data)
     if unsaved:  # an hf: name: an HFTokenizer

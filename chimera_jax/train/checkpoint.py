@@ -21,11 +21,12 @@ import equinox as eqx
 import jax
 import orbax.checkpoint as ocp
 
-from chimera_jax.config import RunConfig, flat_fields, from_yaml, to_yaml
+from chimera_jax.config import RunConfig, flat_fields, from_yaml, replace, to_yaml
 from chimera_jax.errors import UserError
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import is_param
 from chimera_jax.models.transformer import Decoder
+from chimera_jax.tokenizer import in_run
 from chimera_jax.train.state import TrainerState
 
 log = logging.getLogger(__name__)
@@ -190,11 +191,14 @@ def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> Non
 
 
 def load_run_config(run_dir: str | Path, step: int | None = None) -> RunConfig:
-    """The config of a run's newest readable checkpoint (or of ``step``); reads and writes nothing else."""
+    """The config of a run's newest readable checkpoint (or of ``step``); reads and writes nothing else. A tokenizer
+    named relative to the run (its own copy: chimera_jax/tokenizer.py ``RUN_TOKENIZER``) is the one in ``run_dir``,
+    wherever the run was trained."""
     with Checkpointer(run_dir, keep=None, read_only=True) as ckpt:
         for s in ckpt.candidates(step):
             try:
-                return from_yaml(ckpt.read_meta(s)["config"])
+                cfg = from_yaml(ckpt.read_meta(s)["config"])
+                return replace(cfg, data=replace(cfg.data, tokenizer=in_run(cfg.data.tokenizer, run_dir)))
             except Exception as err:  # noqa: BLE001
                 log.warning("checkpoint %d config unreadable (%s)", s, err)
     raise CheckpointError(f"no readable checkpoint in {ckpt.directory}")
