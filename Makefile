@@ -41,7 +41,7 @@ lint: setup-torch
 	$(VENV)/bin/ruff check chimera_jax scripts tests
 
 bench: setup
-	$(PY) scripts/bench_moe.py
+	$(PY) scripts/bench.py moe
 
 clean:
 	rm -rf $(VENV) .pytest_cache

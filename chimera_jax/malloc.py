@@ -5,7 +5,7 @@ XLA:CPU allocates its output and temporary buffers on every call. glibc serves a
 MoE layer's 64 MiB weight gradients, say) in again. One arena (``MALLOC_ARENA_MAX``; other threads'
 arenas cannot hold large blocks and fall back to mmap), no mmap, and no trimming keep freed memory for
 reuse. The cost: the process keeps its peak heap until it exits. What it buys: docs/moe.md ("Malloc
-settings", measured with ``chimera-bench-moe`` with and without).
+settings", measured with ``chimera-bench moe`` with and without).
 
 glibc reads these only at start-up, so every command re-executes itself once with them
 (``reexec_with_tuned_malloc``, called by ``chimera_jax.cli.entry.launch``, which ``scripts/*.py`` and the

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from chimera_jax.cli import bench, entry
 from chimera_jax.cli.args import parse, parse_known
+from chimera_jax.cli.bench import BENCHES, bench_module
 from chimera_jax.cli.compare import CompareArgs
 from chimera_jax.cli.eval import EvalArgs
 from chimera_jax.cli.experiment import ExperimentArgs
@@ -18,8 +20,8 @@ from chimera_jax.config import ConfigError
 from chimera_jax.malloc import TUNED
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment", "bench_moe", "plot_experts",
-            "generate", "bench", "lm_eval", "finetune")
+COMMANDS = ("train", "eval", "eval_hf", "compare", "export_hf", "experiment", "plot_experts", "generate", "bench",
+            "lm_eval", "finetune")
 BIN = Path(sys.executable).parent
 
 
@@ -45,9 +47,9 @@ def test_documented_spellings_parse_to_the_dataclass():
 
 
 def test_a_bare_switch_is_true_and_a_bad_argument_is_a_one_line_config_error():
-    from chimera_jax.cli.bench_moe import BenchArgs
+    from chimera_jax.cli.bench_moe import MoEBenchArgs
 
-    args = parse(BenchArgs, ["--skip-train", "--blocks", "16", "32", "--cpu-time", "false"])
+    args = parse(MoEBenchArgs, ["--skip-train", "--blocks", "16", "32", "--cpu-time", "false"])
     assert (args.skip_train, args.blocks, args.cpu_time, args.skip_layers) == (True, [16, 32], False, False)
     for argv, field in [(["--checkpoint", "r", "--stride", "x"], "stride"), (["--checkpoint", "r", "--bogus", "1"],
                                                                            "--bogus"), ([], "checkpoint")]:
@@ -164,18 +166,46 @@ def test_export_then_eval_hf_and_compare_a_run(tiny_config, tmp_path):
     assert len(json.loads((tmp_path / "t.json").read_text())["results"]) == 3
 
 
-def test_bench_moe_sections_on_a_tiny_shape():
-    import time
+@pytest.mark.parametrize("name", [None, *BENCHES])
+def test_bench_help_is_the_overview_or_the_named_benchs_alone(name, monkeypatch, capsys):
+    monkeypatch.setenv("CHIMERA_MALLOC", "off")  # no re-execution of the test process
+    monkeypatch.setattr(sys, "argv", ["scripts/bench.py", *([name] if name else []), "--help"])
+    if name is None:
+        entry.launch("bench")
+        assert capsys.readouterr().out == bench.__doc__ + "\n"  # once, naming every bench
+        assert all(f"chimera-bench {b} [" in bench.__doc__ for b in BENCHES)
+        return
+    with pytest.raises(SystemExit) as exit_:  # the bench's parser lists its flags and exits
+        entry.launch("bench")
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith(bench_module(name).__doc__) and "usage:" in out
+    assert bench.__doc__.splitlines()[0] not in out
 
-    from chimera_jax.cli.bench_moe import BenchArgs, time_grouped, time_layer, train_configs
 
-    shape = dict(experts=4, top_k=2, d_model=16, d_ff=32, batch=2, seq=8)
-    timing = dict(repeats=1, clock=time.perf_counter)
-    assert set(time_layer(shape, **timing)) == {"dense", "capacity", "dropless", "ffn"}
-    assert set(time_grouped(shape, [4], **timing)) == {"ragged_dot", "fair share (CPU default)", "blocks 4"}
-    moe_cfg, dense_cfg = train_configs(BenchArgs(train_layers=1, train_seq=16, train_batch=2))
-    assert (moe_cfg.model.n_layers, moe_cfg.data.seq_len, moe_cfg.train.batch_size) == (1, 16, 2)
-    assert not dense_cfg.model.moe.enabled and dense_cfg.model.d_ff == moe_cfg.model.moe.top_k * moe_cfg.model.moe.d_ff
+def test_moe_bench_runs_every_section_and_times_one_layer_once(tmp_path, capsys, monkeypatch):
+    """A smoke run of ``chimera-bench moe --quick``; the train steps (compiles of seconds each) are recorded instead
+    of timed: one layer scanned or unrolled is one program, timed once."""
+    from chimera_jax.cli import bench_moe
+
+    steps = []
+
+    def time_train_step(cfg, **timing) -> float:
+        steps.append((cfg.model.moe.enabled, cfg.model.n_layers, cfg.model.scan_unroll))
+        return 2.0
+
+    monkeypatch.setattr(bench_moe, "time_train_step", time_train_step)
+    tiny = ["--quick", "--repeats", "1", "--train-seq", "8", "--train-batch", "1"]
+    result = bench.main(["moe", *tiny, "--blocks", "4", "--train-layers", "1", "--json", str(tmp_path / "moe.json")])
+    assert json.loads((tmp_path / "moe.json").read_text()) == result
+    assert set(result["layer"]["tiny E4 k2 16/32 2x8"]) == {"dense", "capacity", "dropless", "ffn"}
+    assert set(result["grouped"]["tiny E4 k2 16/32 2x8"]) == {"ragged_dot", "fair share (CPU default)", "blocks 4"}
+    assert steps == [(True, 1, 1), (False, 1, 1)] and list(result["train"]) == ["scan = unrolled"]
+    assert capsys.readouterr().out.count("(scan = unrolled)") == 2  # the MoE row and the dense row
+
+    steps.clear()
+    result = bench.main(["moe", *tiny, "--train-layers", "2", "--skip-layers"])
+    assert steps == [(True, 2, 1), (False, 2, 1), (True, 2, 2), (False, 2, 2)] and "layer" not in result
+    assert result["train"]["unrolled"] == {"moe_ms": 2.0, "dense_ms": 2.0, "moe_over_dense": 1.0}
 
 
 def test_commands_check_their_arguments_before_jax_is_imported():

@@ -35,6 +35,9 @@ def launch(command: str, *argv: str, monkeypatch, capsys) -> str:
     ("experiment", ["time_indexed", "--profile", "smoke", "--sedes", "2"], "unrecognized arguments: --sedes 2"),
     ("bench", ["train", "--presets", "standard:model.d_modle=3"], "error: unrecognized arguments: --model.d_modle 3"),
     ("bench", ["train", "--presets", "nope"], "error: presets: 'nope' is neither a row (standard, ti_ssm,"),
+    ("bench", ["moe", "--bogus", "1"], "error: unrecognized arguments: --bogus 1"),
+    ("bench", ["moe", "--train-layers", "0"], "error: repeats, blocks and the train-* sizes must be >= 1"),
+    ("bench", ["nope", "--quick"], "error: which bench? The first argument is one of: inference, train, scan, moe"),
     ("plot_experts", ["no/such/run"], "error: checkpoint: no such folder no/such/run"),
     ("compare", ["no/such/run", "--hf", "gpt2"], "error: runs: no/such/run is not a run directory"),
 ])

@@ -8,29 +8,38 @@
         (chimera_jax/cli/bench_train.py)
     chimera-bench scan [--batch 8 --seq-len 128 --d-inner 512 --state 16] [--chunks 4 8 16 32 64] [--json FILE]
         the selective scan alone, forward + backward, every way it runs (chimera_jax/cli/bench_scan.py)
+    chimera-bench moe [--quick] [--skip-train] [--skip-layers] [--cpu-time] [--trace DIR] [--json FILE] ...
+        the MoE dispatches, one layer forward + backward, and an MoE train step against dense
+        (chimera_jax/cli/bench_moe.py)
     python scripts/bench.py train --quick --json /tmp/train.json   # the same, as a script
 """
 
 from __future__ import annotations
 
-import sys
+import importlib
 from collections.abc import Sequence
+from types import ModuleType
 
-from chimera_jax.cli.bench_inference import inference
-from chimera_jax.cli.bench_scan import scan
-from chimera_jax.cli.bench_train import train
 from chimera_jax.config import ConfigError
 
-BENCHES = {"inference": inference, "train": train, "scan": scan}  # the first word of the command line picks one
+BENCHES = ("inference", "train", "scan", "moe")  # bench NAME: the function NAME in chimera_jax/cli/bench_NAME.py
+
+
+def bench_module(name: str) -> ModuleType:
+    """Imported only when its bench runs: the MoE bench loads JAX on import, the others check their flags first."""
+    return importlib.import_module(f"chimera_jax.cli.bench_{name}")
+
+
+def usage(argv: Sequence[str]) -> str:
+    """What ``--help`` prints (cli/entry.py): the named bench's own usage, or without one this overview."""
+    return bench_module(argv[0]).__doc__ if argv and argv[0] in BENCHES else __doc__
 
 
 def main(argv: Sequence[str]) -> dict:
-    if not argv or argv[0] in ("-h", "--help"):  # each bench's own flags: chimera-bench NAME --help
-        print(__doc__)
+    if argv and argv[0] in ("-h", "--help"):  # cli/entry.py printed the overview
         return {}
-    if argv[0] not in BENCHES:
-        raise ConfigError(f"which bench? The first argument is one of: {', '.join(BENCHES)} (got {' '.join(argv)!r})")
-    bench = BENCHES[argv[0]]
-    if "--help" in argv or "-h" in argv:  # the bench's own usage, above the flags its parser lists
-        print(sys.modules[bench.__module__].__doc__)
-    return bench(argv[1:])
+    if not argv or argv[0] not in BENCHES:
+        got = repr(argv[0]) if argv else "none"
+        raise ConfigError(f"which bench? The first argument is one of: {', '.join(BENCHES)} (got {got}; "
+                          "chimera-bench --help says what each measures)")
+    return getattr(bench_module(argv[0]), argv[0])(argv[1:])

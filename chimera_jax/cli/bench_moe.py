@@ -1,12 +1,13 @@
-"""Time the MoE dispatches and an MoE train step against dense, in one run.
+"""``chimera-bench moe``: the MoE dispatches and an MoE train step against dense, in one process.
 
-    chimera-bench-moe [--repeats 7] [--blocks 32 64 ...] [--skip-train] [--skip-layers] [--cpu-time]
-        [--trace DIR] [--train-layers 2] [--train-vocab 256] [--train-seq 512] [--train-batch 8]
-    python scripts/bench_moe.py                 # all three sections
-    python scripts/bench_moe.py --skip-train    # sections 1 and 2
-    python scripts/bench_moe.py --skip-layers --train-seq 128   # section 3 at another shape
-    python scripts/bench_moe.py --cpu-time      # process CPU time instead of wall time (busy machines)
-    python scripts/bench_moe.py --trace /tmp/moe_trace   # where the dropless layer's time goes
+    chimera-bench moe [--quick] [--repeats 7] [--blocks 32 64 ...] [--skip-train] [--skip-layers] [--cpu-time]
+        [--trace DIR] [--train-layers 2] [--train-vocab 256] [--train-seq 512] [--train-batch 8] [--json FILE]
+    python scripts/bench.py moe                 # all three sections
+    python scripts/bench.py moe --skip-train    # sections 1 and 2
+    python scripts/bench.py moe --skip-layers --train-seq 128   # section 3 at another shape
+    python scripts/bench.py moe --cpu-time      # process CPU time instead of wall time (busy machines)
+    python scripts/bench.py moe --trace /tmp/moe_trace   # where the dropless layer's time goes
+    python scripts/bench.py moe --quick --repeats 1 --train-seq 16 --train-batch 2   # tiny widths: a smoke run
 
 1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
    dispatch, at seed 000's shape (E=16, k=2, d_model 512, d_ff 2048, 8x128 tokens) and a small one.
@@ -14,7 +15,11 @@
    default (fair-share buffers + block scan for the rest) and the block scan alone at several block sizes.
 3. A full train step of the dwr_moe preset (depth, vocabulary, sequence and batch scaled by flags)
    against the dense model with the same active FFN parameters (d_ff = k * expert d_ff): tokens/s,
-   with the layer scan (model.scan_unroll 1) and unrolled (scan_unroll = layers).
+   with the layer scan (model.scan_unroll 1) and unrolled (scan_unroll = layers); with one layer the two
+   are the same program, timed once.
+
+``--quick`` shrinks the widths alike: sections 1 and 2 on one tiny shape (E=4, k=2, d_model 16, d_ff 32,
+2x8 tokens), section 3 at d_model 32, 2 heads, 4 experts of d_ff 32; the ``--train-*`` flags still apply.
 
 Each figure is the median of ``--repeats`` calls after compile and one warm-up. The load average is
 printed: other jobs on the machine slow everything, ``--cpu-time`` less so.
@@ -38,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from chimera_jax.cli.args import parse
-from chimera_jax.config import ModelConfig, MoEConfig, RunConfig, load_config, preset_path, resolve_config
+from chimera_jax.config import ConfigError, ModelConfig, MoEConfig, RunConfig, load_config, preset_path, resolve_config
 from chimera_jax.models.builder import make_ffn
 from chimera_jax.models.grouped import grouped_blocks, grouped_fair_share, grouped_ragged
 from chimera_jax.models.moe import MoE
@@ -50,20 +55,23 @@ SHAPES = {
     "seed000 E16 k2 512/2048 8x128": dict(experts=16, top_k=2, d_model=512, d_ff=2048, batch=8, seq=128),
     "small E8 k2 128/512 16x128": dict(experts=8, top_k=2, d_model=128, d_ff=512, batch=16, seq=128),
 }
+QUICK_SHAPES = {"tiny E4 k2 16/32 2x8": dict(experts=4, top_k=2, d_model=16, d_ff=32, batch=2, seq=8)}
 
 
 @dataclass
-class BenchArgs:
+class MoEBenchArgs:
+    quick: bool = False  # tiny widths: a smoke run
     repeats: int = 7  # timed calls per figure (the median is reported)
     blocks: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # CPU block sizes to try
     skip_train: bool = False  # sections 1 and 2 only
     skip_layers: bool = False  # section 3 only
     cpu_time: bool = False  # process CPU time (all threads) instead of wall time
-    trace: str | None = None  # only trace seed 000's dropless layer into this folder, print its top ops
+    trace: str | None = None  # only trace the first shape's dropless layer into this folder, print its top ops
     train_layers: int = 2  # dwr_moe has 6
     train_vocab: int = 256  # at least the byte tokenizer's 256; dwr_moe has 50304
     train_seq: int = 512  # dwr_moe's context
     train_batch: int = 8  # seed 000 measured throughput at batch 8
+    json: str | None = None  # also write every figure to this JSON file
 
 
 def median_ms(fn: Callable, *args, repeats: int, clock: Callable[[], float]) -> float:
@@ -155,12 +163,15 @@ def time_train_step(cfg: RunConfig, *, repeats: int, clock: Callable[[], float])
     return 1000 * statistics.median(times[2:])
 
 
-def train_configs(args: BenchArgs) -> tuple[RunConfig, RunConfig]:
+def train_configs(args: MoEBenchArgs) -> tuple[RunConfig, RunConfig]:
     """dwr_moe scaled by the flags (f32), and the dense model with the same active FFN width. The steps read
     random token ids, so the data section names the byte tokenizer: the smallest vocabulary a config allows."""
     base = load_config(preset_path("dwr_moe"))
     model = dataclasses.replace(base.model, n_layers=args.train_layers, vocab_size=args.train_vocab,
                                 max_seq_len=args.train_seq)
+    if args.quick:
+        model = dataclasses.replace(model, d_model=32, n_heads=2,
+                                    moe=dataclasses.replace(model.moe, num_experts=4, d_ff=32))
     data = dataclasses.replace(base.data, seq_len=args.train_seq, tokenizer="byte")
     moe_cfg = dataclasses.replace(base, model=model, data=data,
                                   train=dataclasses.replace(base.train, batch_size=args.train_batch, precision="f32"))
@@ -173,49 +184,62 @@ def with_unroll(cfg: RunConfig, unroll: int) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=unroll))
 
 
-def main(argv: Sequence[str]) -> None:
-    args = parse(BenchArgs, argv)
+def moe(argv: Sequence[str]) -> dict:
+    args = parse(MoEBenchArgs, argv)
+    if min(args.repeats, args.train_layers, args.train_vocab, args.train_seq, args.train_batch, *args.blocks) < 1:
+        raise ConfigError("repeats, blocks and the train-* sizes must be >= 1")
+    shapes = QUICK_SHAPES if args.quick else SHAPES
     timing = dict(repeats=args.repeats, clock=time.process_time if args.cpu_time else time.perf_counter)
     unit = "CPU ms" if args.cpu_time else "ms"
+    result: dict = {"jax": jax.__version__, "platform": jax.devices()[0].platform, "cpus": os.cpu_count(),
+                    "quick": args.quick, "repeats": args.repeats, "unit": unit,
+                    "load_average_start": os.getloadavg()[0]}
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} at start")
+    print(f"jax {result['jax']} on {result['platform']}, {result['cpus']} CPUs, "
+          f"load average {result['load_average_start']:.2f} at start")
     if args.trace:
-        profile_layer(next(iter(SHAPES.values())), "dropless", args.trace)
-        return
+        profile_layer(next(iter(shapes.values())), "dropless", args.trace)
+        return result
     if not args.skip_layers:
         print(f"\n1. one MoE layer, forward + backward, {unit} (median of {args.repeats})")
         print("   (ffn: a dense FFN of width k * d_ff on the same tokens, the same FLOPs as ideal routing)")
         print(f"{'shape':<31} {'dense':>8} {'capacity':>9} {'dropless':>9} {'ffn':>7}   dense/dropless   "
               "capacity/dropless   dropless/ffn")
-        for name, shape in SHAPES.items():
-            t = time_layer(shape, **timing)
+        result["layer"] = {}
+        for name, shape in shapes.items():
+            result["layer"][name] = t = time_layer(shape, **timing)
             print(f"{name:<31} {t['dense']:8.1f} {t['capacity']:9.1f} {t['dropless']:9.1f} {t['ffn']:7.1f}   "
                   f"{t['dense'] / t['dropless']:14.2f}   {t['capacity'] / t['dropless']:17.2f}   "
                   f"{t['dropless'] / t['ffn']:12.2f}", flush=True)
 
         print(f"\n2. dropless grouped FFN alone (sorted rows), forward + backward, {unit}")
-        for name, shape in SHAPES.items():
-            t = time_grouped(shape, args.blocks, **timing)
+        result["grouped"] = {}
+        for name, shape in shapes.items():
+            result["grouped"][name] = t = time_grouped(shape, args.blocks, **timing)
             print(f"{name:<31} " + "  ".join(f"{k}: {v:.1f}" for k, v in t.items()), flush=True)
 
     if not args.skip_train:
         moe_cfg, dense_cfg = train_configs(args)
+        m = moe_cfg.model
         tokens = args.train_batch * args.train_seq
-        print(f"\n3. train step, dwr_moe with {args.train_layers} layers, vocab {args.train_vocab}, "
-              f"batch {args.train_batch}x{args.train_seq}, f32 ({unit}, tokens/s)")
+        print(f"\n3. train step, dwr_moe with {args.train_layers} layer{'s' * (args.train_layers > 1)}, d_model "
+              f"{m.d_model}, vocab {args.train_vocab}, batch {args.train_batch}x{args.train_seq}, f32 "
+              f"({unit}, tokens/s)")
         # The layer scan slices each layer's weights out of the stacked arrays every step; unrolled
-        # (model.scan_unroll = n_layers), each layer reads them in place. Both models, both ways (one way for one
-        # layer, where the two are the same program).
-        for unroll in dict.fromkeys((1, args.train_layers)):
-            label = "scan" if unroll == 1 else "unrolled"
-            results = {f"moe E16 k2 d_ff 2048 ({moe_cfg.model.moe.dispatch}, {label})":
-                       time_train_step(with_unroll(moe_cfg, unroll), **timing),
-                       f"dense d_ff {dense_cfg.model.d_ff} ({label})": time_train_step(with_unroll(dense_cfg, unroll),
-                                                                                       **timing)}
-            for name, ms in results.items():
+        # (model.scan_unroll = n_layers), each layer reads them in place. With one layer both are scan_unroll 1.
+        ways = {"scan": 1, "unrolled": args.train_layers} if args.train_layers > 1 else {"scan = unrolled": 1}
+        result["train"] = {}
+        for label, unroll in ways.items():
+            moe_ms = time_train_step(with_unroll(moe_cfg, unroll), **timing)
+            dense_ms = time_train_step(with_unroll(dense_cfg, unroll), **timing)
+            result["train"][label] = {"moe_ms": moe_ms, "dense_ms": dense_ms, "moe_over_dense": dense_ms / moe_ms}
+            rows = [(f"moe E{m.moe.num_experts} k{m.moe.top_k} d_ff {m.moe.d_ff} ({m.moe.dispatch}, {label})", moe_ms),
+                    (f"dense d_ff {dense_cfg.model.d_ff} ({label})", dense_ms)]
+            for name, ms in rows:
                 print(f"  {name:<40} {ms:9.1f} {1000 * tokens / ms:10.0f} tok/s")
-            moe_ms, dense_ms = results.values()
             print(f"  moe/dense tokens/s ({label}): {dense_ms / moe_ms:.2f}", flush=True)
-    print(f"\nload average {os.getloadavg()[0]:.2f} at end")
-
+    result["load_average_end"] = os.getloadavg()[0]
+    print(f"\nload average {result['load_average_end']:.2f} at end")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result

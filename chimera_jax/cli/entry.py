@@ -4,7 +4,8 @@
 command's module, and so JAX, is imported, then runs the command's ``main(argv)``. An error the user can fix
 (a ``UserError``: a bad flag or config, a missing run, step or corpus) ends as one ``error: ...`` line on stderr
 and exit status 2; ``--debug``, anywhere on the command line, shows the traceback instead. ``--help`` prints the
-command module's docstring (its usage) above the flags its parser lists.
+command's usage above the flags its parser lists: its module's docstring, or its ``usage(argv)`` where the
+arguments pick whose (``chimera-bench NAME --help``: that bench's alone).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def launch(command: str) -> None:
     logging.getLogger("chimera_jax").setLevel(logging.INFO)
     module = importlib.import_module(f"chimera_jax.cli.{command}")
     if "--help" in argv or "-h" in argv:
-        print(module.__doc__)  # the usage and examples; the parser lists every flag after it
+        # the usage and examples (a command with subcommands picks whose); the parser lists every flag after it
+        print(module.usage(argv) if hasattr(module, "usage") else module.__doc__)
     try:
         module.main(argv)
     except UserError as err:

@@ -5,7 +5,7 @@ implementations run that FFN's code unchanged, with each of its Linear layers sw
 
 - ``grouped_ragged``: ``jax.lax.ragged_dot``, the grouped matmul with native kernels on GPU and TPU. On
   CPU, XLA has none: ragged_dot lowers to a masked product against all E experts, as slow as the dense
-  oracle (scripts/bench_moe.py shows it).
+  oracle (``scripts/bench.py moe`` shows it).
 - ``grouped_blocks``: each group padded to whole blocks of rows and ``block_matmul``, a scan with one
   expert's weight per block, skipping unused blocks.
 - ``grouped_fair_share`` (CPU): each expert's first ``ceil(M / E)`` rows (its fair share) through the
