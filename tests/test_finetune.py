@@ -333,8 +333,10 @@ def test_dpo_from_the_hf_folder_takes_it_as_the_reference_and_keeps_its_tokenize
     assert not cfg.run_dir.exists()
     get_tokenizer.cache_clear()  # as in a later process: nothing loaded from the folder or the run before they moved
     monkeypatch.chdir(moved)
-    tokenizer = load_run_config(run).data.tokenizer
+    run_cfg = load_run_config(run)
+    tokenizer = run_cfg.data.tokenizer
     assert tokenizer == f"hf:{(run / 'tokenizer').resolve()}"  # its own copy, never one outside it
+    assert run_cfg.run_dir == run  # and the run is where it was read: continuing it writes there
     ours, theirs = get_tokenizer(tokenizer), imported_tokenizer(str(moved))
     assert fingerprint(ours.hf) == fingerprint(theirs.hf)
     assert (ours.vocab_size, ours.eos_id) == (theirs.vocab_size, theirs.eos_id)

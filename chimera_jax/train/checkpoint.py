@@ -191,14 +191,15 @@ def check_model_config(saved: RunConfig, current: RunConfig, where: Path) -> Non
 
 
 def load_run_config(run_dir: str | Path, step: int | None = None) -> RunConfig:
-    """The config of a run's newest readable checkpoint (or of ``step``); reads and writes nothing else. A tokenizer
-    named relative to the run (its own copy: chimera_jax/tokenizer.py ``RUN_TOKENIZER``) is the one in ``run_dir``,
-    wherever the run was trained."""
+    """The config of a run's newest readable checkpoint (or of ``step``); reads and writes nothing else. The run is
+    where it was read, wherever it was trained: ``train.run_dir`` is ``run_dir``, and a tokenizer named relative to
+    the run (its own copy: chimera_jax/tokenizer.py ``RUN_TOKENIZER``) is the one in ``run_dir``."""
     with Checkpointer(run_dir, keep=None, read_only=True) as ckpt:
         for s in ckpt.candidates(step):
             try:
                 cfg = from_yaml(ckpt.read_meta(s)["config"])
-                return replace(cfg, data=replace(cfg.data, tokenizer=in_run(cfg.data.tokenizer, run_dir)))
+                return replace(cfg, train=replace(cfg.train, run_dir=str(run_dir)),
+                               data=replace(cfg.data, tokenizer=in_run(cfg.data.tokenizer, run_dir)))
             except Exception as err:  # noqa: BLE001
                 log.warning("checkpoint %d config unreadable (%s)", s, err)
     raise CheckpointError(f"no readable checkpoint in {ckpt.directory}")
