@@ -50,15 +50,17 @@ def ssd_scan(u: Float[Array, "B T Di"], dt: Float[Array, "B T H"], A: Float[Arra
     Q = min(chunk, T)
     n = -(-T // Q)
     chunks = functools.partial(to_chunks, size=Q)
-    x = chunks((u * jnp.repeat(dt, Di // H, axis=-1)).reshape(batch, T, H, Di // H))  # Δ u [B, n, Q, H, P]
+    x = chunks(u.reshape(batch, T, H, Di // H))  # [B, n, Q, H, P]
     Bc, Cc = chunks(B), chunks(C)  # [B, n, Q, N]
-    s = jnp.cumsum(chunks(dt) * A, axis=2)  # log of the decay since the chunk's start [B, n, Q, H]
+    dtc = chunks(dt)  # [B, n, Q, H]
+    s = jnp.cumsum(dtc * A, axis=2)  # log of the decay since the chunk's start [B, n, Q, H]
     causal = jnp.tril(jnp.ones((Q, Q), bool))
-    # exp(s_i - s_j) for j <= i (the difference is <= 0 there; the masked entries never reach exp)
-    decay = jnp.exp(jnp.where(causal[:, :, None], s[:, :, :, None] - s[:, :, None], -jnp.inf))  # [B, n, Qi, Qj, H]
+    # Δ_j exp(s_i - s_j) for j <= i (the difference is <= 0 there; the masked entries never reach exp). Δ goes
+    # with the [Q, Q] decay and the to-end factors, not with u: a [B, T, Di] product and its gradient fewer.
+    decay = jnp.exp(jnp.where(causal[:, :, None], s[:, :, :, None] - s[:, :, None], -jnp.inf)) * dtc[:, :, None]
     scores = jnp.einsum("bcin,bcjn->bcij", Cc, Bc)
     y = jnp.einsum("bcij,bcijh,bcjhp->bcihp", scores, decay, x)  # within each chunk
-    to_end = jnp.exp(s[:, :, -1:] - s)  # decay from each token to its chunk's end [B, n, Q, H]
+    to_end = jnp.exp(s[:, :, -1:] - s) * dtc  # Δ_j and the decay from token j to its chunk's end [B, n, Q, H]
     own = jnp.einsum("bcjh,bcjhp,bcjn->bchpn", to_end, x, Bc)  # each chunk's state from its own tokens
 
     def carry(h, xs):  # the state entering each chunk, chunk by chunk
