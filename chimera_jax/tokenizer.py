@@ -202,7 +202,7 @@ def get_tokenizer(name: str) -> Tokenizer:
         raise UserError(f"data.tokenizer={RUN_TOKENIZER} names a run's own copy (RUN/tokenizer/) but no run directory "
                         "is known here: read the config with load_run_config(RUN), or name the copy's folder")
     if name.startswith(HF_PREFIX):
-        from chimera_jax.bridge.imported_tokenizer import imported_tokenizer
+        from chimera_jax.hf.tokenizer import imported_tokenizer
 
         return imported_tokenizer(name.removeprefix(HF_PREFIX))
     if name not in TOKENIZERS:

@@ -12,13 +12,13 @@ import pytest
 
 from chimera_jax.bridge.compare import markdown_table, rank, report, trained_on
 from chimera_jax.bridge.convert import export_architecture, fill_model, model_arrays, skeleton_shapes
-from chimera_jax.bridge.hf_source import pretrained_args
 from chimera_jax.bridge.measure import tokens_per_second
-from chimera_jax.bridge.torch_utils import INSTALL_HINT, require
 from chimera_jax.config import CONFIG_DIR, ConfigError, ModelConfig, load_config
 from chimera_jax.errors import UserError
 from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.hf.spec import pretrained_args
 from chimera_jax.models.builder import build_model
+from chimera_jax.optional import INSTALL_HINT, require
 
 
 def test_core_package_works_without_torch():
@@ -31,7 +31,7 @@ def test_core_package_works_without_torch():
             "import chimera_jax, chimera_jax.data, chimera_jax.models.builder, chimera_jax.eval.perplexity\n"
             "import chimera_jax.train.loop, chimera_jax.train.checkpoint\n"
             "import chimera_jax.bridge.convert, chimera_jax.bridge.compare, chimera_jax.bridge.hf_eval\n"
-            "import chimera_jax.bridge.hf_tokenizer, chimera_jax.eval.run\n"
+            "import chimera_jax.bridge.hf_tokenizer, chimera_jax.runs.evaluate\n"
             "from chimera_jax.bridge.hf_load import load_hf\n"
             "try:\n    load_hf('gpt2')\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

@@ -12,7 +12,7 @@ import pytest
 
 from chimera_jax.config import CONFIG_DIR, load_config
 from chimera_jax.eval.protocol import EvalProtocol
-from chimera_jax.eval.run import evaluate_checkpoint, load_run
+from chimera_jax.runs.evaluate import evaluate_checkpoint, load_run
 from chimera_jax.train.checkpoint import load_run_config
 from chimera_jax.train.loop import train, validation_protocol
 from chimera_jax.train.metrics import read_metrics

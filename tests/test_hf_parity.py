@@ -31,10 +31,10 @@ from chimera_jax.bridge.convert import (  # noqa: E402
 )
 from chimera_jax.bridge.hf_eval import evaluate_hf, torch_batch_nll  # noqa: E402
 from chimera_jax.bridge.hf_tokenizer import hf_tokenizer  # noqa: E402
-from chimera_jax.bridge.imported_tokenizer import HFTokenizer  # noqa: E402
 from chimera_jax.config import DataConfig, ModelConfig  # noqa: E402
 from chimera_jax.eval.perplexity import evaluate, evaluate_model  # noqa: E402
 from chimera_jax.eval.protocol import EvalProtocol  # noqa: E402
+from chimera_jax.hf.tokenizer import HFTokenizer  # noqa: E402
 from chimera_jax.models.builder import build_model  # noqa: E402
 from chimera_jax.tokenizer import get_tokenizer  # noqa: E402
 from chimera_jax.train.checkpoint import load_model  # noqa: E402

@@ -1,6 +1,17 @@
-"""The package's import graph, read from the source with ``ast``: no cycles, and one model builder.
+"""The package's layers, enforced on its import graph (read from the source with ``ast``).
 
-Every import counts, at the top of a file or inside a function: a lazy import hides a cycle, it does not
+The rule: a module imports only from its own layer or the layers below it, never above; within a layer the
+packages import each other without a cycle, and no module takes part in an import cycle. Top to bottom:
+
+    6  cli                                   commands: parse arguments, call the library, print; imported by nothing
+    5  bench, study, finetune, analysis      benchmarks, studies, fine-tuning stages, what notebooks and reports draw
+    4  bridge, harness, generate, runs       PyTorch / HF; the lm-eval adapter; decoding; a saved run evaluated
+    3  train                                 optimizer, step, loop, checkpoints, mesh
+    2  eval                                  the scoring core: protocol, windows, perplexity, rolling-cache scoring
+    1  models, data                          Equinox modules and losses; corpora, token streams, batches
+    0  config, tokenizer, hf, errors, optional, malloc   names and settings everything above reads
+
+Every import counts, at the top of a file or inside a function: a lazy import hides an arrow, it does not
 remove it. ``from a import b`` is an edge to the module ``a.b`` when there is one, else to ``a``.
 """
 
@@ -10,6 +21,16 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chimera_jax"
+LAYERS = [
+    {"config", "tokenizer", "hf", "errors", "optional", "malloc"},
+    {"models", "data"},
+    {"eval"},
+    {"train"},
+    {"bridge", "harness", "generate", "runs"},
+    {"bench", "study", "finetune", "analysis"},
+    {"cli"},
+]
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 ROUTED_FAMILIES = {"chimera_jax.models.moe", "chimera_jax.models.ssm", "chimera_jax.models.time_indexed"}
 
 
@@ -96,3 +117,54 @@ def test_only_the_builder_imports_the_model_families():
     importers = {name for name, targets in GRAPH.items()
                  if name.startswith("chimera_jax.models.") and targets & ROUTED_FAMILIES}
     assert importers == {"chimera_jax.models.builder"}
+
+
+def part(module: str) -> str:
+    """The top-level package or module of ``chimera_jax`` that ``module`` belongs to (``""`` for the root)."""
+    return module.split(".")[1] if "." in module else ""
+
+
+def part_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between the package's parts (``models``, ``train``, ...), the root and self-edges left out."""
+    parts: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        if part(name):
+            parts.setdefault(part(name), set()).update(part(t) for t in targets if part(t) not in ("", part(name)))
+    return parts
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``module -> module`` edge from a layer to one above it."""
+    return sorted(f"{name} -> {target}" for name, targets in graph.items() for target in targets
+                  if part(name) and part(target) and RANK[part(target)] > RANK[part(name)])
+
+
+def test_every_part_of_the_package_has_a_layer():
+    assert set(part_graph(GRAPH)) <= set(RANK), f"no layer for {sorted(set(part_graph(GRAPH)) - set(RANK))}"
+
+
+def test_no_layer_imports_one_above_it():
+    assert upward_imports(GRAPH) == []
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    """The rule is not vacuous: the scoring core reaching up into training, lazily, is caught."""
+    pkg = tmp_path / "chimera_jax"
+    for folder in ("eval", "train"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "train" / "step.py").write_text("from chimera_jax.eval.score import f\n")
+    (pkg / "eval" / "score.py").write_text("def f():\n    from chimera_jax.train.step import g\n")
+    assert upward_imports(import_graph(pkg)) == ["chimera_jax.eval.score -> chimera_jax.train.step"]
+
+
+def test_the_parts_of_one_layer_import_each_other_without_a_cycle():
+    cycle = find_cycle(part_graph(GRAPH))
+    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle)
+
+
+def test_nothing_imports_the_commands():
+    importers = sorted(name for name, targets in GRAPH.items()
+                       if part(name) != "cli" and any(part(t) == "cli" for t in targets))
+    assert importers == []

@@ -22,7 +22,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from chimera_jax.cli.lm_eval import main  # noqa: E402
 from chimera_jax.config import ConfigError, load_config, resolve_config  # noqa: E402
 from chimera_jax.data.stream import TokenStream  # noqa: E402
-from chimera_jax.eval.lm_eval_backend import TASKS_DIR, ChimeraLM  # noqa: E402
+from chimera_jax.harness.model import TASKS_DIR, ChimeraLM  # noqa: E402
 from chimera_jax.eval.perplexity import evaluate_model  # noqa: E402
 from chimera_jax.eval.protocol import EvalProtocol  # noqa: E402
 from chimera_jax.train.checkpoint import load_model  # noqa: E402
@@ -208,7 +208,7 @@ def test_the_script_imports_the_harness_not_itself(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == f"error: hf: {tmp_path / 'none'} is not a local HF folder, a .gguf " \
                                                   "file, or one of smollm2", bad.stderr
-    code = "import chimera_jax.eval.lm_eval_backend as b, lm_eval.api.registry as r; print(r.get_model('chimera') " \
+    code = "import chimera_jax.harness.model as b, lm_eval.api.registry as r; print(r.get_model('chimera') " \
            "is b.ChimeraLM)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "True\n"
 
@@ -226,7 +226,7 @@ def byte_export(tmp_path_factory) -> tuple[str, Path]:
 def test_a_byte_level_export_gets_our_end_of_text_in_lm_eval_only(byte_export):
     import transformers
 
-    from chimera_jax.eval.lm_eval_backend import hf_tokenizer_for_lm_eval
+    from chimera_jax.harness.model import hf_tokenizer_for_lm_eval
 
     _, folder = byte_export
     saved, for_lm_eval = transformers.AutoTokenizer.from_pretrained(folder), hf_tokenizer_for_lm_eval(str(folder))
@@ -253,7 +253,7 @@ def test_byte_level_generation_stops_at_the_end_of_text_in_both_backends(byte_ex
     """lm-eval's HF backend adds the EOS text (here a newline) to every request's stop texts; ours does too."""
     from lm_eval.models.huggingface import HFLM
 
-    from chimera_jax.eval.lm_eval_backend import hf_tokenizer_for_lm_eval
+    from chimera_jax.harness.model import hf_tokenizer_for_lm_eval
 
     byte_run, folder = byte_export
     hf = HFLM(pretrained=str(folder), tokenizer=hf_tokenizer_for_lm_eval(str(folder)), device="cpu",

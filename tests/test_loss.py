@@ -8,8 +8,8 @@ import pytest
 
 from chimera_jax.config import resolve_config
 from chimera_jax.models.builder import build_model
-from chimera_jax.train.loss import head_cross_entropy
-from chimera_jax.train.step import loss_fn, token_nll
+from chimera_jax.models.loss import head_cross_entropy, token_nll
+from chimera_jax.train.step import loss_fn
 
 
 def _close(a, b, rtol=1e-5, atol=1e-6):

@@ -1,10 +1,11 @@
-"""chimera-plot-experts: expert-utilisation plots from a run's metrics and from its checkpoint."""
+"""Expert load (analysis/expert_load.py) from a run's metrics and from its checkpoint, and chimera-plot-experts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from chimera_jax.analysis import expert_load
 from chimera_jax.cli import plot_experts
 from chimera_jax.config import ConfigError
 from chimera_jax.train.loop import train
@@ -16,11 +17,11 @@ MOE = ("--model.moe.enabled", "true", "--model.moe.num_experts", "4", "--model.m
 def test_loads_from_metrics_and_checkpoint_are_shares_per_layer_and_plot(tiny_config):
     cfg = tiny_config("--train.steps", "6", "--train.eval_every", "6", "--train.checkpoint_every", "6", *MOE)
     train(cfg)
-    steps, loads = plot_experts.loads_from_metrics(cfg.run_dir)
+    steps, loads = expert_load.loads_from_metrics(cfg.run_dir)
     assert steps.tolist() == [1, 2, 3, 4, 5, 6]
     assert loads.shape == (6, cfg.model.n_layers, 4)
     np.testing.assert_allclose(loads.sum(-1), 1.0, rtol=1e-5)
-    from_ckpt, _, step = plot_experts.loads_from_checkpoint(cfg.run_dir, batches=1)
+    from_ckpt, _, step = expert_load.loads_from_checkpoint(cfg.run_dir, batches=1)
     assert step == 6 and from_ckpt.shape == (cfg.model.n_layers, 4)
     np.testing.assert_allclose(from_ckpt.sum(-1), 1.0, rtol=1e-5)
 

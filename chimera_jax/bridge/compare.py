@@ -26,13 +26,13 @@ def trained_on(train_corpus: str, eval_corpus: str) -> str:
 
 
 def evaluate_run(run_dir: str, protocol: EvalProtocol, repeats: int = 3) -> dict:
-    """The table's figures for one of our run directories, evaluated in JAX (``chimera_jax.eval.run``)."""
+    """The table's figures for one of our run directories, evaluated in JAX (``chimera_jax.runs.evaluate``)."""
     import jax
 
     from chimera_jax.bridge.measure import jax_forward, peak_memory, tokens_per_second
-    from chimera_jax.eval.run import evaluate_loaded, load_run
     from chimera_jax.eval.windows import window_batches
     from chimera_jax.models.params import param_report
+    from chimera_jax.runs.evaluate import evaluate_loaded, load_run
 
     run = load_run(run_dir, protocol)
     result = evaluate_loaded(run)

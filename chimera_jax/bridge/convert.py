@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from chimera_jax.bridge.torch_utils import require
 from chimera_jax.config import ConfigError, ModelConfig
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.layers import sinusoidal_positions
 from chimera_jax.models.transformer import Decoder
+from chimera_jax.optional import require
 
 STACK = "stack.groups[0]."  # per-layer arrays, stacked on a leading layer axis
 Entry = tuple[str, str, bool]  # (our path, HF name, transposed: HF nn.Linear stores [out, in], we store [in, out])

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from chimera_jax.bridge.torch_utils import require
 from chimera_jax.eval.perplexity import BatchNLL, evaluate
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.eval.windows import window_batches
+from chimera_jax.optional import require
 
 
 def torch_batch_nll(model) -> BatchNLL:
@@ -36,15 +36,15 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
     """``(torch model, resolved protocol, stream)`` for a chimera run directory or an HF model ``spec``."""
     from chimera_jax import data
     from chimera_jax.bridge.hf_load import is_run_dir, load_hf, run_model_as_hf
-    from chimera_jax.bridge.imported_tokenizer import as_chimera
     from chimera_jax.bridge.torch_utils import default_device
     from chimera_jax.config import ConfigError, DataConfig
+    from chimera_jax.hf.tokenizer import as_chimera
 
     torch = require("torch")
     if protocol.window is not None:
         raise ConfigError("window: the rolling KV cache scores our models in JAX only (chimera-eval), not in torch")
     if is_run_dir(spec):
-        from chimera_jax.eval.run import load_run
+        from chimera_jax.runs.evaluate import load_run
 
         run = load_run(spec, protocol)
         model = run_model_as_hf(run.model, run.config).to(device or default_device(), getattr(torch, dtype)).eval()

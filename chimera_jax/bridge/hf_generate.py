@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chimera_jax.bridge.torch_utils import require
+from chimera_jax.optional import require
 
 
 @dataclass

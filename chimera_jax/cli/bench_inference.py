@@ -258,10 +258,11 @@ def inference(argv: Sequence[str]) -> dict:
 
     from chimera_jax.bridge.convert import to_hf
     from chimera_jax.bridge.measure import peak_memory
-    from chimera_jax.bridge.torch_utils import default_device, require
+    from chimera_jax.bridge.torch_utils import default_device
     from chimera_jax.generate.engine import Generator
     from chimera_jax.models.builder import build_model
     from chimera_jax.models.params import param_report
+    from chimera_jax.optional import require
     from chimera_jax.tokenizer import get_tokenizer
 
     if args.torch_threads:

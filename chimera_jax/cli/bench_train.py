@@ -192,7 +192,7 @@ def jax_row(cfg: RunConfig, repeats: int, steps: int) -> dict:
 
 def gpt2_model(m: ModelConfig):
     """GPT2LMHeadModel at the shape of ``m`` (dropout 0, SDPA attention), in training mode."""
-    from chimera_jax.bridge.torch_utils import require
+    from chimera_jax.optional import require
 
     transformers = require("transformers")
     config = transformers.GPT2Config(
@@ -205,7 +205,7 @@ def gpt2_model(m: ModelConfig):
 
 def torch_row(cfg: RunConfig, repeats: int, steps: int, compile_too: bool) -> dict:
     """GPT2LMHeadModel's step time in eager mode and under torch.compile (or why it is n/a)."""
-    from chimera_jax.bridge.torch_utils import require
+    from chimera_jax.optional import require
 
     torch = require("torch")
     F = torch.nn.functional

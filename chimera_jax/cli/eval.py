@@ -44,7 +44,7 @@ def cache_of(protocol: dict) -> str:
 def main(argv: Sequence[str]) -> dict:
     args = parse(EvalArgs, argv, aliases=PROTOCOL_ALIASES)
     check_run_dir(args.checkpoint, "checkpoint")
-    from chimera_jax.eval.run import evaluate_checkpoint  # JAX loads only once the arguments are known good
+    from chimera_jax.runs.evaluate import evaluate_checkpoint  # JAX loads only once the arguments are known good
 
     result = evaluate_checkpoint(args.checkpoint, protocol_of(args), step=args.step, depth=args.depth, progress=True)
     p = result["protocol"]

@@ -6,10 +6,10 @@
     python scripts/lm_eval.py --checkpoint checkpoints/nano_gpt2 --hf smollm2 --tasks bbc_topic --num-fewshot 3
 
 Each model runs through ``lm_eval.simple_evaluate`` (the checkpoint as the registered ``chimera`` model,
-chimera_jax/eval/lm_eval_backend.py; ``--hf`` as lm-eval's ``hf`` model on a local folder, a ``.gguf`` file
+chimera_jax/harness/model.py; ``--hf`` as lm-eval's ``hf`` model on a local folder, a ``.gguf`` file
 or a packaged name). lm-eval's table is printed for each, then one table with a row per model and task.
 ``--out DIR`` saves what lm-eval's own CLI saves: ``DIR/<model>/results_<time>.json`` and the per-example
-``samples_<task>_<time>.jsonl``. Our tasks (``bbc_topic``: chimera_jax/eval/tasks/) are always found;
+``samples_<task>_<time>.jsonl``. Our tasks (``bbc_topic``: chimera_jax/harness/tasks/) are always found;
 ``--include-path`` adds more. ``--limit N`` scores the first N test examples of each task (a fraction
 when below 1). An HF tokenizer without an EOS (a byte-level export) gets the one the ``chimera`` model uses,
 in memory. When the HF model fails, the table of the models already scored is printed, then one error line
@@ -65,9 +65,9 @@ def check(args: LMEvalArgs) -> None:
 def hf_model_args(spec: str, device: str | None) -> dict:
     """lm-eval ``hf`` model arguments for a local HF folder, a ``.gguf`` file or a packaged name, with its
     tokenizer loaded here (``hf_tokenizer_for_lm_eval``: one without an EOS gets ours)."""
-    from chimera_jax.bridge.hf_source import PACKAGED_GGUF, pretrained_args
     from chimera_jax.bridge.torch_utils import default_device
-    from chimera_jax.eval.lm_eval_backend import hf_tokenizer_for_lm_eval
+    from chimera_jax.harness.model import hf_tokenizer_for_lm_eval
+    from chimera_jax.hf.spec import PACKAGED_GGUF, pretrained_args
 
     if spec not in PACKAGED_GGUF and not Path(spec).exists():
         raise ConfigError(f"hf: {spec} is not a local HF folder, a .gguf file, or one of {', '.join(PACKAGED_GGUF)}")
@@ -84,7 +84,7 @@ def task_manager(args: LMEvalArgs):
     is not among those (indexing its thousands of configs takes a while); unknown task names are an error."""
     from lm_eval.tasks import TaskManager
 
-    from chimera_jax.eval.lm_eval_backend import TASKS_DIR
+    from chimera_jax.harness.model import TASKS_DIR
 
     paths = [str(TASKS_DIR), *args.include_path]
     manager = TaskManager(include_path=paths, include_defaults=False)

@@ -25,17 +25,7 @@ from pathlib import Path
 
 from chimera_jax import data
 from chimera_jax.cli.args import normalise
-from chimera_jax.config import ConfigError, DataConfig, parse_args
-
-
-def check_corpora(cfg: DataConfig) -> None:
-    """The corpus names, fallback included, are ones we can load: checked from the name alone, reading nothing."""
-    for field, corpus in (("data.corpus", cfg.corpus), ("data.fallback", cfg.fallback)):
-        if corpus is not None:
-            try:
-                data.check_corpus(corpus)
-            except ValueError as err:
-                raise ConfigError(f"{field}: {err}") from None
+from chimera_jax.config import ConfigError, parse_args
 
 
 def check_resumable(run_dir: Path) -> None:
@@ -51,7 +41,7 @@ def main(argv: Sequence[str]) -> dict:
     cfg, extra = parse_args([normalise(arg) for arg in argv])
     if "--resume" in extra:  # resuming is the default anyway: the flag asks for a checkpoint to be there
         check_resumable(cfg.run_dir)
-    check_corpora(cfg.data)
+    data.check_corpora(cfg.data)
     from chimera_jax.train.distributed import is_primary  # JAX loads only once the config is known good
     from chimera_jax.train.loop import format_summary, train
 

@@ -11,7 +11,7 @@ Splits are ``train``, ``validation`` (alias ``valid``) and ``test``.
 from chimera_jax.data.batches import check_split_length, get_batch
 from chimera_jax.data.cache import cache_root
 from chimera_jax.data.lookup import SHARED_DATA_DIR, DataNotFoundError, hub_offline_reason
-from chimera_jax.data.sources import CORPORA, check_corpus, load_documents, load_text, with_fallback
+from chimera_jax.data.sources import CORPORA, check_corpora, check_corpus, load_documents, load_text, with_fallback
 from chimera_jax.data.splits import DOC_SEPARATOR, SPLITS, canonical_split
 from chimera_jax.data.stream import TokenStream, load_stream
 from chimera_jax.data.tokenize import token_byte_table
@@ -25,6 +25,7 @@ __all__ = [
     "TokenStream",
     "cache_root",
     "canonical_split",
+    "check_corpora",
     "check_corpus",
     "check_split_length",
     "get_batch",

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from chimera_jax.config import DataConfig
+from chimera_jax.config import ConfigError, DataConfig
 from chimera_jax.data.lookup import (
     DataNotFoundError,
     Source,
@@ -219,6 +219,16 @@ def check_corpus(corpus: str) -> None:
         return
     known = ", ".join([*CORPORA, "text:<path>"])
     raise ValueError(f"unknown corpus {corpus!r}; known corpora: {known}")
+
+
+def check_corpora(cfg: DataConfig) -> None:
+    """The corpus names, fallback included, are ones we can load: checked from the name alone, reading nothing."""
+    for field, corpus in (("data.corpus", cfg.corpus), ("data.fallback", cfg.fallback)):
+        if corpus is not None:
+            try:
+                check_corpus(corpus)
+            except ValueError as err:
+                raise ConfigError(f"{field}: {err}") from None
 
 
 def source(corpus: str, split: str, cfg: DataConfig | None = None) -> Source:

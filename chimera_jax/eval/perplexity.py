@@ -23,7 +23,7 @@ from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.eval.streaming import streaming_nll
 from chimera_jax.eval.windows import num_batches, window_batches
 from chimera_jax.models.kv_cache import CacheLayout
-from chimera_jax.train.step import token_nll
+from chimera_jax.models.loss import token_nll
 
 if TYPE_CHECKING:
     from chimera_jax.data import TokenStream

@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from chimera_jax.models.kv_cache import CacheLayout
-from chimera_jax.train.step import token_nll
+from chimera_jax.models.loss import token_nll
 
 MAX_CHUNK = 128  # tokens per extend call: the attention of one chunk is chunk x (cache + chunk)
 

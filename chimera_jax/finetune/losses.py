@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from chimera_jax.train.step import Loss, aux_loss_total, compute_model, token_nll
+from chimera_jax.models.loss import token_nll
+from chimera_jax.train.step import Loss, aux_loss_total, compute_model
 
 
 def response_logps(model, inputs: Int[Array, "B T"], targets: Int[Array, "B T"], mask: Float[Array, "B T"],

@@ -31,7 +31,6 @@ import optax
 from jax.sharding import Mesh
 
 from chimera_jax.bridge.hf_load import is_run_dir, load_hf
-from chimera_jax.bridge.hf_source import load_hf_config, recorded_spec
 from chimera_jax.config import (
     ConfigError,
     DataConfig,
@@ -46,6 +45,7 @@ from chimera_jax.config import (
 from chimera_jax.errors import UserError
 from chimera_jax.finetune.data import Rows, encode_records, read_records, split_validation, step_rows
 from chimera_jax.finetune.losses import SFT_LOSS, batch_logps, dpo_loss, dpo_step_loss
+from chimera_jax.hf.spec import load_hf_config, recorded_spec
 from chimera_jax.tokenizer import HF_PREFIX, RUN_TOKENIZER, get_tokenizer, in_run, tokenizer_copy
 from chimera_jax.train.checkpoint import EXECUTION_ONLY, CheckpointError, load_model, load_run_config
 from chimera_jax.train.distributed import initialize

@@ -259,7 +259,7 @@ class Decoder(eqx.Module):
     def features(self, tokens: Int[Array, "B T"], *, key_mask: Bool[Array, "B T"] | None = None,
                  key: PRNGKeyArray | None = None, inference: bool = False) -> tuple[Float[Array, "B T D"], dict]:
         """The stack's output before the final norm and head, and the aux: the train loss applies the head
-        itself (train/loss.py)."""
+        itself (models/loss.py)."""
         T = tokens.shape[-1]
         if self.positions == "learned" and T > self.pos_embed.shape[0]:
             raise ValueError(f"sequence length {T} exceeds the learned positions ({self.pos_embed.shape[0]})")

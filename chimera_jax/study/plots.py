@@ -4,7 +4,7 @@
 - ``params``: final validation loss against total and active parameters, error bars over seeds
 - ``wall``: validation loss against training time (step x the run's mean ms/step: compile, evaluation and
   checkpoints excluded, so arms compare by their step cost)
-- ``experts``: each MoE arm's expert load per layer (seed 0's metrics; chimera_jax/cli/plot_experts.py)
+- ``experts``: each MoE arm's expert load per layer (seed 0's metrics; chimera_jax/analysis/expert_load.py)
 - ``gates``: each time-indexed arm's mean modulation gate per layer, one line per shared weight (seed 0)
 - ``depth``: each time-indexed arm's validation loss at the depths it was re-run at
 """
@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from chimera_jax.analysis.expert_load import save_figure  # noqa: E402
 from chimera_jax.config import from_yaml  # noqa: E402
 from chimera_jax.study.spec import Study  # noqa: E402
 
@@ -34,12 +35,6 @@ def curves(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(steps), losses.mean(axis=0), losses.std(axis=0, ddof=1) if len(runs) > 1 else 0 * losses[0]
 
 
-def save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def curve_plot(arms: dict[str, list[dict]], path: Path, wall: bool) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for name, runs in arms.items():
@@ -51,7 +46,7 @@ def curve_plot(arms: dict[str, list[dict]], path: Path, wall: bool) -> Path:
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("validation loss, mean ± std over seeds")
     ax.legend(fontsize=8)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def params_plot(arms: dict[str, list[dict]], path: Path) -> Path:
@@ -65,11 +60,11 @@ def params_plot(arms: dict[str, list[dict]], path: Path) -> Path:
         ax.set_xlabel("total parameters" if key == "params" else "active parameters per token")
     axes[0].set_ylabel("final validation loss")
     axes[1].legend(fontsize=8)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def expert_plots(arms: dict[str, list[dict]], out: Path) -> list[Path]:
-    from chimera_jax.cli.plot_experts import layer_names, loads_from_metrics, plot
+    from chimera_jax.analysis.expert_load import layer_names, loads_from_metrics, plot
 
     paths = []
     for name, runs in arms.items():
@@ -80,12 +75,12 @@ def expert_plots(arms: dict[str, list[dict]], out: Path) -> list[Path]:
         history = (steps, loads) if len(steps) > 1 else None
         title = f"{name} (seed {runs[0]['seed']}): expert load per MoE layer, training batch at step {steps[-1]}"
         fig = plot(loads[-1], layer_names(cfg, loads.shape[1]), title, history)
-        paths.append(save(fig, out / f"experts_{name}.png"))
+        paths.append(save_figure(fig, out / f"experts_{name}.png"))
     return paths
 
 
 def gate_plots(arms: dict[str, list[dict]], out: Path) -> list[Path]:
-    from chimera_jax.eval.modulation import gate_rows, gate_values
+    from chimera_jax.analysis.modulation import gate_rows, gate_values
 
     paths = []
     for name, runs in arms.items():
@@ -100,7 +95,7 @@ def gate_plots(arms: dict[str, list[dict]], out: Path) -> list[Path]:
         ax.set_ylabel("mean gate")
         ax.set_title(f"{name} (seed {runs[0]['seed']}): modulation gates over depth")
         ax.legend(fontsize=6, ncol=2)
-        paths.append(save(fig, out / f"gates_{name}.png"))
+        paths.append(save_figure(fig, out / f"gates_{name}.png"))
     return paths
 
 
@@ -122,7 +117,7 @@ def depth_plot(arms: dict[str, list[dict]], path: Path) -> Path | None:
     ax.set_ylabel("validation loss")
     ax.set_title("time-indexed models at other depths, mean ± std over seeds")
     ax.legend(fontsize=8)
-    return save(fig, path)
+    return save_figure(fig, path)
 
 
 def draw(study: Study, records: list[dict], out: Path) -> list[Path]:

@@ -89,7 +89,7 @@ def train_run(run: Run, memory: dict[str, float]) -> dict:
 def extra_evaluations(cfg: RunConfig, ev: Evaluation) -> dict:
     """``{"corpus:NAME": figures, "depth:D": figures}``: the run on other corpora, and a time-indexed run at
     other depths on the loop's validation windows (so its trained depth reproduces ``val_loss``)."""
-    from chimera_jax.eval.run import evaluate_checkpoint
+    from chimera_jax.runs.evaluate import evaluate_checkpoint
 
     tc = cfg.train
     out = {}

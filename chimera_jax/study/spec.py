@@ -18,7 +18,7 @@ from typing import Literal
 import draccus
 from draccus.utils import DraccusException
 
-from chimera_jax.config import CONFIG_DIR, ConfigError, RunConfig, load_config, replace
+from chimera_jax.config import CONFIG_DIR, ConfigError, RunConfig, load_config, one_line, replace
 
 STUDY_DIR = CONFIG_DIR / "studies"
 PROFILES = ("smoke", "quick", "full")
@@ -108,8 +108,6 @@ def study_path(name: str) -> Path:
 
 def load_study(name: str) -> Study:
     """Parse a study file; any error is one ``ConfigError`` line naming the key."""
-    from chimera_jax.cli.args import one_line
-
     path = study_path(name)
     try:
         return draccus.load(Study, io.StringIO(path.read_text()))
@@ -137,7 +135,7 @@ class Run:
 
 def arm_config(study: Study, arm: Arm, profile: str, seed: int, out: Path, cli: list[str]) -> RunConfig:
     """The arm's run config for ``profile`` and ``seed``, in OUT/<arm>/seed<k>; checked by ``load_config``."""
-    from chimera_jax.cli.train import check_corpora
+    from chimera_jax.data import check_corpora
 
     preset = CONFIG_DIR / f"{arm.preset}.yaml"
     if not preset.exists():
@@ -147,8 +145,6 @@ def arm_config(study: Study, arm: Arm, profile: str, seed: int, out: Path, cli: 
         cfg = load_config(preset, [*flags(overrides), *cli])
         check_corpora(cfg.data)
     except (ConfigError, DraccusException) as err:
-        from chimera_jax.cli.args import one_line
-
         raise ConfigError(f"arms.{arm.name}: {one_line(err)}") from None
     run_dir = out / arm.name / f"seed{seed}"
     return replace(cfg, name=f"{study.name}/{arm.name}", train=replace(cfg.train, seed=seed, run_dir=str(run_dir)))

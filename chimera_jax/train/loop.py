@@ -47,7 +47,7 @@ class NonFiniteLoss(RuntimeError):
 
 def validation_protocol(cfg: RunConfig) -> EvalProtocol:
     """The loop's validation: the first ``eval_batches * batch_size`` non-overlapping windows of the run's
-    validation split, so ``chimera_jax.eval.run.evaluate_checkpoint`` with this protocol reproduces it."""
+    validation split, so ``chimera_jax.runs.evaluate.evaluate_checkpoint`` with this protocol reproduces it."""
     return EvalProtocol(split="validation", stride=cfg.data.seq_len, batch_size=cfg.train.batch_size,
                         max_windows=cfg.train.eval_batches * cfg.train.batch_size).resolved_for(cfg)
 

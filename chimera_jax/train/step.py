@@ -15,9 +15,9 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike, DTypeLike
 
 from chimera_jax.config import RunConfig
+from chimera_jax.models.loss import head_cross_entropy
 from chimera_jax.models.params import is_param
 from chimera_jax.models.transformer import placing_layers
-from chimera_jax.train.loss import head_cross_entropy
 from chimera_jax.train.mesh import batch_sharding, compute_shardings, layer_placement, shard_state, state_shardings
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import TrainerState, init_state
@@ -28,11 +28,6 @@ def cast_floating(tree, dtype: DTypeLike):
     return jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if eqx.is_array(x) and jnp.issubdtype(x.dtype, jnp.floating) else x, tree
     )
-
-
-def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-token negative log-likelihood in nats, computed in f32 (shared by training and evaluation)."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
 def aux_loss_total(aux: dict) -> jax.Array:
@@ -48,7 +43,7 @@ def compute_model(model, compute_dtype: DTypeLike, mesh: Mesh | None = None):
 
 
 def loss_fn(model, inputs, targets, key, compute_dtype, mesh: Mesh | None = None):
-    """Mean token NLL plus the aux losses; the head and its cross-entropy fused (train/loss.py), equal to
+    """Mean token NLL plus the aux losses; the head and its cross-entropy fused (models/loss.py), equal to
     ``token_nll`` of the model's logits. On ``mesh``, the compute copy is gathered as train/mesh.py says."""
     model = compute_model(model, compute_dtype, mesh)
     x, aux = model.features(inputs, key=key, inference=False)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chimera_jax.bridge.hf_source import load_hf_tokenizer
-from chimera_jax.bridge.torch_utils import require
+from chimera_jax.hf.spec import load_hf_tokenizer
+from chimera_jax.optional import require
 
 _SP_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # sentencepiece byte-fallback pieces
 

