@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from chimera_jax.cli import bench, entry
-from chimera_jax.cli.args import parse, parse_known
 from chimera_jax.cli.bench import BENCHES, bench_module
 from chimera_jax.cli.compare import CompareArgs
 from chimera_jax.cli.eval import EvalArgs
 from chimera_jax.cli.experiment import ExperimentArgs
 from chimera_jax.config import ConfigError
+from chimera_jax.flags import parse, parse_known
 from chimera_jax.malloc import TUNED
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,13 +23,13 @@ from chimera_jax.cli import finetune as finetune_cli
 from chimera_jax.config import ConfigError, FinetuneConfig, load_config
 from chimera_jax.errors import UserError
 from chimera_jax.eval.protocol import EvalProtocol
-from chimera_jax.runs.evaluate import evaluate_checkpoint
 from chimera_jax.finetune.data import TEMPLATE, encode_records, read_records, step_rows
 from chimera_jax.finetune.losses import _dpo_step_loss, batch_logps, dpo_loss, sft_loss
 from chimera_jax.finetune.stage import finetune, finetune_config, naming_the_copy, sft_validation, tokenizer_to_keep
 from chimera_jax.generate.engine import Generator
 from chimera_jax.hf.tokenizer import fingerprint, imported_tokenizer
 from chimera_jax.models.loss import token_nll
+from chimera_jax.runs.evaluate import evaluate_checkpoint
 from chimera_jax.tokenizer import RUN_TOKENIZER, get_tokenizer
 from chimera_jax.train.checkpoint import load_model, load_run_config
 from chimera_jax.train.loop import train

@@ -22,9 +22,9 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from chimera_jax.cli.lm_eval import main  # noqa: E402
 from chimera_jax.config import ConfigError, load_config, resolve_config  # noqa: E402
 from chimera_jax.data.stream import TokenStream  # noqa: E402
-from chimera_jax.harness.model import TASKS_DIR, ChimeraLM  # noqa: E402
 from chimera_jax.eval.perplexity import evaluate_model  # noqa: E402
 from chimera_jax.eval.protocol import EvalProtocol  # noqa: E402
+from chimera_jax.harness.model import TASKS_DIR, ChimeraLM  # noqa: E402
 from chimera_jax.train.checkpoint import load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from chimera_jax.analysis import modulation
 from chimera_jax.config import ModelConfig, OptimConfig, RunConfig, SSMConfig, TimeConfig, TrainConfig
 from chimera_jax.data import TokenStream
-from chimera_jax.analysis import modulation
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.builder import build_model, make_block, make_stack
 from chimera_jax.models.params import param_report

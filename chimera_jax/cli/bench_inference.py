@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimera_jax.cli.args import parse
 from chimera_jax.config import ConfigError, RunConfig, load_config, preset_path, presets, resolve_config
+from chimera_jax.flags import parse
 
 if TYPE_CHECKING:  # the command parses its arguments before JAX loads
     from chimera_jax.generate.engine import Generator

@@ -42,8 +42,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from chimera_jax.cli.args import parse
 from chimera_jax.config import ConfigError, ModelConfig, MoEConfig, RunConfig, load_config, preset_path, resolve_config
+from chimera_jax.flags import parse
 from chimera_jax.models.builder import make_ffn
 from chimera_jax.models.grouped import grouped_blocks, grouped_fair_share, grouped_ragged
 from chimera_jax.models.moe import MoE

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import parse
 from chimera_jax.cli.bench_inference import markdown
 from chimera_jax.cli.bench_train import step_ms
 from chimera_jax.config import ConfigError
+from chimera_jax.flags import parse
 
 log = logging.getLogger(__name__)
 

@@ -50,9 +50,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import parse_known
 from chimera_jax.cli.bench_inference import markdown
 from chimera_jax.config import ConfigError, ModelConfig, RunConfig, load_config, preset_path, presets, resolve_config
+from chimera_jax.flags import parse_known
 from chimera_jax.tokenizer import VOCAB_SIZES
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, check_run_dir, parse, protocol_of
+from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, check_run_dir, protocol_of
 from chimera_jax.errors import UserError
+from chimera_jax.flags import parse
 
 
 @dataclass(kw_only=True)

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimera_jax.cli.args import PROTOCOL_ALIASES, check_run_dir, parse, protocol_of
+from chimera_jax.cli.args import PROTOCOL_ALIASES, check_run_dir, protocol_of
 from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.flags import parse
 
 
 @dataclass(kw_only=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, parse, protocol_of
+from chimera_jax.cli.args import PROTOCOL_ALIASES, BaselineProtocol, protocol_of
+from chimera_jax.flags import parse
 
 
 @dataclass(kw_only=True)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimera_jax.cli.args import parse_known
+from chimera_jax.flags import parse_known
 from chimera_jax.study.spec import load_study, plan
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from chimera_jax.cli.args import parse
+from chimera_jax.flags import parse
 
 
 @dataclass

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from chimera_jax.cli.args import parse_known
 from chimera_jax.config import ConfigError
+from chimera_jax.flags import parse_known
 
 
 @dataclass(kw_only=True)

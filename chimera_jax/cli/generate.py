@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimera_jax.cli.args import check_run_dir, parse
+from chimera_jax.cli.args import check_run_dir
 from chimera_jax.config import ConfigError
+from chimera_jax.flags import parse
 
 if TYPE_CHECKING:
     from chimera_jax.generate.engine import Generation

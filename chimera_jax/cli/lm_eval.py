@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import check_run_dir, parse
+from chimera_jax.cli.args import check_run_dir
 from chimera_jax.config import ConfigError
 from chimera_jax.errors import UserError
+from chimera_jax.flags import parse
 
 
 @dataclass(kw_only=True)

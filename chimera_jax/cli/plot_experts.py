@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimera_jax.cli.args import parse
 from chimera_jax.config import ConfigError
+from chimera_jax.flags import parse
 
 
 @dataclass

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chimera_jax import data
-from chimera_jax.cli.args import normalise
 from chimera_jax.config import ConfigError, parse_args
+from chimera_jax.flags import normalise
 
 
 def check_resumable(run_dir: Path) -> None:
