@@ -1,4 +1,4 @@
-"""``python scripts/bench.py BENCH ARGS`` = ``chimera-bench BENCH ARGS`` (usage: chimera_jax/cli/bench.py)."""
+"""``python scripts/bench.py BENCH ARGS`` = ``chimera-bench BENCH ARGS`` (usage: chimera_jax/bench/__init__.py)."""
 
 from chimera_jax.cli.entry import launch
 

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import pytest
 
-from chimera_jax.cli.bench_inference import preset_config
+from chimera_jax.bench.inference import preset_config
 from chimera_jax.config import ConfigError, load_config, preset_path
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.params import param_report

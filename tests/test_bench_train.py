@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from chimera_jax.bench.flops import forward_flops_per_token, train_flops_per_token
+from chimera_jax.bench.train import row_config
 from chimera_jax.cli.bench import main
-from chimera_jax.cli.bench_train import row_config
 from chimera_jax.config import ConfigError, RunConfig, load_config, preset_path, resolve_config
 from chimera_jax.models.builder import build_model
-from chimera_jax.train.flops import forward_flops_per_token, train_flops_per_token
 
 
 def config(preset: str, *overrides: str) -> RunConfig:
@@ -76,6 +76,7 @@ def test_ssm_flops_agree_with_xla():
     assert 1.0 <= (per_position + loop_body) / batch / sum(parts.values()) <= 1.04
 
 
+@pytest.mark.slow
 def test_quick_train_bench_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "train.json"
     result = main(["train", "--quick", "--presets", "standard", "ti_ssm", "dense_d512", "--torch-compile", "false",
@@ -100,6 +101,7 @@ def test_quick_train_bench_writes_every_figure(tmp_path, capsys):
     assert ssm["over_standard"] == pytest.approx(ssm["step_ms"] / standard["step_ms"])
 
 
+@pytest.mark.slow
 def test_scan_bench_times_every_scan_and_each_agrees_with_the_sequential_one(tmp_path):
     out = tmp_path / "scan.json"
     result = main(["scan", "--batch", "2", "--seq-len", "12", "--d-inner", "16", "--state", "4", "--head-dim", "4",

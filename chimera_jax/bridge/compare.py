@@ -1,4 +1,4 @@
-"""Seed 000's comparison table: our checkpoints (JAX) and HF baselines (torch) under one protocol.
+"""The comparison table: our checkpoints (JAX) and HF baselines (torch) under one protocol.
 
 Every model scores the same text (one corpus and split, through ``chimera_jax.data.load_stream``) with its
 own tokenizer, the same windows and the same loop (``chimera_jax.eval.perplexity.evaluate``). Models are
@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from chimera_jax.eval.protocol import EvalProtocol
+from chimera_jax.markdown import table
 
 
 def trained_on(train_corpus: str, eval_corpus: str) -> str:
@@ -89,14 +90,12 @@ def _millions(n: int) -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
-    rows = ["| Rank | Model | Total params | Active params | PPL | Bits/byte | Tok/s | Memory MiB | Trained on |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
-    for i, r in enumerate(rank(results), 1):
-        tps = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-"
-        rows.append(f"| {i} | {r['model']} | {_millions(r['params_total'])} | {_millions(r['params_active'])} | "
-                    f"{r['perplexity']:.2f} | {r['bits_per_byte']:.4f} | {tps} | {r['memory_mb']:,.0f} | "
-                    f"{r['trained_on']} |")
-    return "\n".join(rows)
+    """The ranked models; the numbers are formatted here, so the columns they fill are named right-aligned."""
+    rows = [[i, r["model"], _millions(r["params_total"]), _millions(r["params_active"]), f"{r['perplexity']:.2f}",
+             f"{r['bits_per_byte']:.4f}", f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] else "-",
+             f"{r['memory_mb']:,.0f}", r["trained_on"]] for i, r in enumerate(rank(results), 1)]
+    return table(["Rank", "Model", "Total params", "Active params", "PPL", "Bits/byte", "Tok/s", "Memory MiB",
+                  "Trained on"], rows, align="rlrrrrrrl")
 
 
 def report(results: list[dict], protocol: EvalProtocol) -> str:

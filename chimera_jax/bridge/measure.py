@@ -9,19 +9,18 @@ resident set (which includes the framework's own runtime, so run one model per p
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from chimera_jax.timing import time_ms
+
 
 def tokens_per_second(run: Callable[[], object], n_tokens: int, repeats: int = 3) -> float:
-    run()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return n_tokens * repeats / (time.perf_counter() - start)
+    """``n_tokens`` over the mean time of ``run`` (which blocks until done), after one untimed call."""
+    return n_tokens / (statistics.mean(time_ms(run, repeats)) / 1000)
 
 
 def torch_forward(model, batch: np.ndarray) -> Callable[[], object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from chimera_jax.markdown import table
 from chimera_jax.study.spec import Study
 from chimera_jax.study.stats import as_dict, paired_difference, summarise
 
@@ -62,10 +63,6 @@ def mean_std(summary: dict | None, spec: str) -> str:
         return "n/a"
     spread = summary["std"] is not None and summary["std"] > 0  # parameter counts do not vary with the seed
     return fmt(summary["mean"], spec) + (f" ± {fmt(summary['std'], spec)}" if spread else "")
-
-
-def table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def protocol_lines(study: Study, profile: str, results: dict) -> list[str]:
@@ -157,18 +154,18 @@ def markdown(study: Study, profile: str, results: dict, plots: list[Path]) -> st
     lines = [f"# Study `{study.name}` (profile `{profile}`)", "", study.description.strip(), "", "## Protocol", "",
              *protocol_lines(study, profile, results), "",
              f"## Results: mean ± std over seeds (baseline `{study.baseline}`)", "",
-             *table(["arm", "preset", "overrides", *(name for _, name, _ in METRICS)], arm_rows(study, results)), "",
+             table(["arm", "preset", "overrides", *(name for _, name, _ in METRICS)], arm_rows(study, results)), "",
              "## Difference from the baseline", "",
-             *table(["arm", "metric", "Δ mean", "95% interval", "excludes 0", "exceeds spread", "seeds"],
-                    difference_rows(results))]
+             table(["arm", "metric", "Δ mean", "95% interval", "excludes 0", "exceeds spread", "seeds"],
+                   difference_rows(results))]
     evals = eval_rows(study, results)
     if evals:
         lines += ["", "## Extra evaluations: mean ± std over seeds", "",
-                  *table(["arm", "evaluation", "loss (nats/token)", "bits/byte"], evals)]
+                  table(["arm", "evaluation", "loss (nats/token)", "bits/byte"], evals)]
     if results["hf_baselines"]:
         lines += ["", "## HF baselines (torch, through the bridge; same text and windows, own tokenizer)", "",
-                  *table(["model", "corpus", "loss (own tokens)", "bits/byte", "params"],
-                         hf_rows(results["hf_baselines"]))]
+                  table(["model", "corpus", "loss (own tokens)", "bits/byte", "params"],
+                        hf_rows(results["hf_baselines"]))]
     if plots:
         lines += ["", "## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots)]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
-"""``chimera-bench inference``: seed 002's decoding table, measured in one process so every ratio compares like
-with like.
+"""``chimera-bench inference``: decoding speed of the presets, cached and recomputed, against transformers'
+``generate()``, measured in one process so every ratio compares like with like.
 
     chimera-bench inference [--quick] [--presets dense moe moe_e4 ti_ssm] [--usd-per-hour X] [--json FILE]
         [--repeats 3] [--batches 1 8] [--torch-threads N] [--decode-chunk 16]
@@ -10,9 +10,9 @@ For each preset (dense; ``moe``: the dense model with each FFN replaced by confi
 1/k as wide, so the active parameters per token match; ``moe_e4`` likewise with configs/moe_e4.yaml's 4 experts
 instead of 8, and so any MoE preset of configs/; ti_ssm): prefill tokens/s, time to first token,
 decode tokens/s at batch 1 and 8 with the cache and by full recompute (``--no-cache``, the baseline), the
-decoding state's memory and the cost per 1M generated tokens at ``--usd-per-hour``. Two settings: seed
-002's protocol (10 prompts, the first BBC News test headlines, 16 new tokens, greedy) and 256 tokens of
-context (the same articles cut to 256 tokens, 32 new tokens). Then transformers' ``generate()`` on the
+decoding state's memory and the cost per 1M generated tokens at ``--usd-per-hour``. Two settings:
+``headlines`` (10 prompts, the first BBC News test headlines, 16 new tokens, greedy) and ``ctx256`` (the
+same articles cut to 256 tokens of context, 32 new tokens). Then transformers' ``generate()`` on the
 dense model's weights exported to HF (torch eager, KV cache), and decode ms/token of ti_ssm and dense from
 64 to 1024 tokens of context. Weights are random: decoding speed does not depend on their values.
 
@@ -21,6 +21,9 @@ over ``--repeats`` passes of all the batches, after one untimed pass that compil
 is timed on the first batch only: its cost per token depends on the shape, not the text, and it is by far
 the slowest part of the bench. Cached decoding runs ``--decode-chunk`` steps per host call (the engine's
 default); decode tokens/s counts the tokens asked for, not the steps a last chunk runs past them.
+
+Last, the targets: four ratios of this run's figures against the ``--min-*`` / ``--max-*`` thresholds
+(docs/generation.md says where the defaults come from); not judged at ``--quick`` shapes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from chimera_jax.config import ConfigError, RunConfig, load_config, preset_path, presets, resolve_config
 from chimera_jax.flags import parse
+from chimera_jax.markdown import table
 
 if TYPE_CHECKING:  # the command parses its arguments before JAX loads
     from chimera_jax.generate.engine import Generator
@@ -47,23 +51,25 @@ if TYPE_CHECKING:  # the command parses its arguments before JAX loads
 log = logging.getLogger(__name__)
 
 PRESETS = ("dense", "moe", "moe_e4", "ti_ssm")
-# About the on-demand price of a 2-vCPU cloud machine (AWS c6i.large, us-east-1): the kind of CPU the
-# default run is sized for. Pass the price of the machine you ran on.
-CPU_USD_PER_HOUR = 0.085
 SWEEP = (64, 128, 256, 512, 1024)
-FLAT = 1.2  # ti_ssm counts as flat when its slowest context decodes at most this much slower than its fastest
 
 
 @dataclass
 class InferenceArgs:
     quick: bool = False  # tiny shapes and few tokens: a smoke run (about a minute on 2 busy cores)
     presets: list[str] = field(default_factory=lambda: list(PRESETS))  # dense, ti_ssm or an MoE preset's experts
-    usd_per_hour: float = CPU_USD_PER_HOUR  # price of the machine, for the cost per 1M generated tokens
+    # price of the machine, for the cost per 1M generated tokens; the default is about the on-demand price of a
+    # 2-vCPU cloud machine (AWS c6i.large, us-east-1), the kind the default run is sized for: pass yours
+    usd_per_hour: float = 0.085
     repeats: int | None = None  # timed passes per figure (the median is reported); None: 3, or 1 with --quick
     torch_threads: int | None = None  # torch's intra-op threads; None: torch's default (one per core)
     batches: list[int] = field(default_factory=lambda: [1, 8])  # batch sizes to time
     decode_chunk: int = 16  # cached decoding steps per host call (engine.DECODE_CHUNK)
     json: str | None = None  # also write every figure to this JSON file
+    min_cached_over_recompute: float = 10.0  # target: cached decode over recompute, every row of the longer context
+    min_jax_over_torch: float = 1.5  # target: dense decode at batch 1 over transformers generate()'s
+    min_moe_over_dense: float = 0.8  # target: each MoE preset's decode over dense's (same setting and batch)
+    max_context_slowdown: float = 1.2  # target: ti_ssm's slowest ms/token over the context sweep / its fastest
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ def cut(text: str, n: int, tokenizer: Tokenizer) -> str:
 
 
 def articles() -> list[str]:
-    """Seed 002's 10 prompts come from these: the first bbc_news test articles, each headed by its headline."""
+    """The settings' 10 prompts come from these: the first bbc_news test articles, each headed by its headline."""
     from chimera_jax.data import load_documents
 
     return load_documents("bbc_news", "test")[:10]
@@ -128,7 +134,7 @@ def settings(quick: bool, tokenizer: Tokenizer) -> list[Setting]:
     docs = articles()
     headlines = tuple(d.split("\n", 1)[0].strip() for d in docs)
     context, new = (64, (4, 8)) if quick else (256, (16, 32))
-    return [Setting("seed002", headlines, new[0], f"10 prompts (the first bbc_news test headlines, "
+    return [Setting("headlines", headlines, new[0], f"10 prompts (the first bbc_news test headlines, "
                     f"{min(map(len, headlines))}-{max(map(len, headlines))} bytes), {new[0]} new tokens, greedy"),
             Setting(f"ctx{context}", tuple(cut(d, context, tokenizer) for d in docs), new[1],
                     f"the same 10 articles cut to {context} tokens, {new[1]} new tokens, greedy")]
@@ -249,7 +255,7 @@ def context_sweep(generators: dict[str, Generator], contexts: Sequence[int], new
     return rows
 
 
-def inference(argv: Sequence[str]) -> dict:
+def main(argv: Sequence[str]) -> dict:
     args = parse(InferenceArgs, argv)
     repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
     if min(repeats, *args.batches, args.torch_threads or 1, args.decode_chunk) < 1 or args.usd_per_hour <= 0:
@@ -294,15 +300,15 @@ def inference(argv: Sequence[str]) -> dict:
               "configs": {n: dataclasses.asdict(c.model) for n, c in configs.items()}, "rows": rows,
               "torch": torch, "sweep": sweep, "sweep_new_tokens": sweep_tokens, "peak_memory_mib": memory,
               "peak_memory_kind": memory_kind}
-    result["targets"] = [] if args.quick else targets(result)  # the targets are about the presets' sizes
+    result["targets"] = [] if args.quick else targets(result, args)  # the targets are about the presets' sizes
     print(report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
 
 
-def targets(result: dict) -> list[dict]:
-    """Issue 11's four targets against this run's figures."""
+def targets(result: dict, args: InferenceArgs) -> list[dict]:
+    """The four targets (``args.min_*``, ``args.max_*``) against this run's figures."""
     rows, context = result["rows"], list(result["settings"])[-1]
     out = []
 
@@ -311,34 +317,23 @@ def targets(result: dict) -> list[dict]:
             out.append({"target": target, "measured": {k: round(v, 2) for k, v in pairs},
                         "met": all(ok(v) for _, v in pairs)})
 
-    add(f"cached decoding >= 10x recompute at {context}",
+    add(f"cached decoding >= {args.min_cached_over_recompute:g}x recompute at {context}",
         [(f"{r['preset']} b{r['batch']}", r["cached_over_recompute"]) for r in rows if r["setting"] == context],
-        lambda v: v >= 10)
-    add("dense decode at batch 1 >= 1.5x transformers generate()",
-        [(r["setting"], r["jax_over_torch"]) for r in result["torch"] if r["batch"] == 1], lambda v: v >= 1.5)
+        lambda v: v >= args.min_cached_over_recompute)
+    add(f"dense decode at batch 1 >= {args.min_jax_over_torch:g}x transformers generate()",
+        [(r["setting"], r["jax_over_torch"]) for r in result["torch"] if r["batch"] == 1],
+        lambda v: v >= args.min_jax_over_torch)
     by_key = {(r["setting"], r["preset"], r["batch"]): r["decode_tokens_per_s"] for r in rows}
     moes = sorted({p for _, p, _ in by_key if p not in ("dense", "ti_ssm")})
     for moe in moes:
-        add(f"{moe} decode >= 0.8x dense (same active parameters)",
+        add(f"{moe} decode >= {args.min_moe_over_dense:g}x dense (same active parameters)",
             [(f"{s} b{b}", v / by_key[s, "dense", b]) for (s, p, b), v in by_key.items()
-             if p == moe and (s, "dense", b) in by_key], lambda v: v >= 0.8)
+             if p == moe and (s, "dense", b) in by_key], lambda v: v >= args.min_moe_over_dense)
     ssm = [r["ti_ssm_ms_per_token"] for r in result["sweep"] if "ti_ssm_ms_per_token" in r]
-    add(f"ti_ssm ms/token flat over context (slowest / fastest <= {FLAT})",
+    add(f"ti_ssm ms/token flat over context (slowest / fastest <= {args.max_context_slowdown:g})",
         [(f"{result['sweep'][0]['context']}-{result['sweep'][-1]['context']}", max(ssm) / min(ssm))] if ssm else [],
-        lambda v: v <= FLAT)
+        lambda v: v <= args.max_context_slowdown)
     return out
-
-
-def markdown(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table; columns of numbers right-aligned, large ones with thousands separators."""
-    def cell(x: object) -> str:
-        if isinstance(x, float):
-            return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) < 1 else f"{x:.1f}"
-        return f"{x:,}" if isinstance(x, int) else str(x)
-
-    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(map(cell, row)) + " |" for row in rows)])
 
 
 def shape(cfg: dict) -> str:
@@ -364,36 +359,36 @@ def report(result: dict) -> str:
              f"x 1e6; state MiB: KV caches or SSM states of the batch at its final length",
              f"process peak memory over the whole run: {result['peak_memory_mib']:,.0f} MiB "
              f"({result['peak_memory_kind']})", "", "## Models", "",
-             markdown(["preset", "total params", "active params", "weights MiB", "shape"],
-                      [[n, p["total"], p["active"], p["total"] * 4 / 2**20, shape(result["configs"][n])]
-                       for n, p in result["params"].items()]),
+             table(["preset", "total params", "active params", "weights MiB", "shape"],
+                   [[n, p["total"], p["active"], p["total"] * 4 / 2**20, shape(result["configs"][n])]
+                    for n, p in result["params"].items()]),
              "", "## Decoding (JAX; recompute: the --no-cache baseline re-running the whole sequence per token)", "",
-             markdown(["setting", "preset", "batch", "prefill tok/s", "first token ms", "decode tok/s",
-                       "recompute tok/s", "cached/recompute", "state MiB", "$/1M tokens"],
-                      [[r["setting"], r["preset"], r["batch"], r["prefill_tokens_per_s"], r["first_token_ms"],
-                        r["decode_tokens_per_s"], r["recompute_tokens_per_s"], r["cached_over_recompute"],
-                        r["state_mib"], r["usd_per_1m_tokens"]] for r in result["rows"]])]
+             table(["setting", "preset", "batch", "prefill tok/s", "first token ms", "decode tok/s",
+                    "recompute tok/s", "cached/recompute", "state MiB", "$/1M tokens"],
+                   [[r["setting"], r["preset"], r["batch"], r["prefill_tokens_per_s"], r["first_token_ms"],
+                     r["decode_tokens_per_s"], r["recompute_tokens_per_s"], r["cached_over_recompute"],
+                     r["state_mib"], r["usd_per_1m_tokens"]] for r in result["rows"]])]
     if result["torch"]:
         ours = {(r["setting"], r["batch"]): r for r in result["rows"] if r["preset"] == "dense"}
         lines += ["", "## Dense: JAX against transformers generate() on the same weights (torch eager, KV cache)", "",
-                  markdown(["setting", "batch", "JAX decode tok/s", "torch decode tok/s", "JAX/torch",
-                            "JAX first token ms", "torch first token ms", "JAX prefill tok/s", "torch prefill tok/s"],
-                           [[t["setting"], t["batch"], o["decode_tokens_per_s"], t["hf_decode_tokens_per_s"],
-                             t["jax_over_torch"], o["first_token_ms"], t["hf_first_token_ms"],
-                             o["prefill_tokens_per_s"], t["hf_prefill_tokens_per_s"]]
-                            for t in result["torch"] for o in [ours[t["setting"], t["batch"]]]])]
+                  table(["setting", "batch", "JAX decode tok/s", "torch decode tok/s", "JAX/torch",
+                         "JAX first token ms", "torch first token ms", "JAX prefill tok/s", "torch prefill tok/s"],
+                        [[t["setting"], t["batch"], o["decode_tokens_per_s"], t["hf_decode_tokens_per_s"],
+                          t["jax_over_torch"], o["first_token_ms"], t["hf_first_token_ms"],
+                          o["prefill_tokens_per_s"], t["hf_prefill_tokens_per_s"]]
+                         for t in result["torch"] for o in [ours[t["setting"], t["batch"]]]])]
     if result["sweep"]:
         names = [k.removesuffix("_ms_per_token") for k in result["sweep"][0] if k != "context"]
         title = f"## Decode ms/token against context (batch 1, cached, {result['sweep_new_tokens']} new tokens)"
         lines += ["", title, "",
-                  markdown(["context", *names], [[r["context"], *(r[f"{n}_ms_per_token"] for n in names)]
-                                                 for r in result["sweep"]])]
-    lines += ["", "## Targets (issue 11)", ""]
+                  table(["context", *names], [[r["context"], *(r[f"{n}_ms_per_token"] for n in names)]
+                                              for r in result["sweep"]])]
+    lines += ["", "## Targets", ""]
     if result["quick"]:
         lines.append("Targets not judged at --quick shapes: they are about the presets' sizes.")
     else:
-        lines.append(markdown(["target", "measured", "met"],
-                              [[t["target"], ", ".join(f"{k}: {v}" for k, v in t["measured"].items()),
-                                "yes" if t["met"] else "no"] for t in result["targets"]]))
+        lines.append(table(["target", "measured", "met"],
+                           [[t["target"], ", ".join(f"{k}: {v}" for k, v in t["measured"].items()),
+                             "yes" if t["met"] else "no"] for t in result["targets"]]))
     return "\n".join(lines)
 

@@ -10,7 +10,7 @@
     python scripts/bench.py moe --quick --repeats 1 --train-seq 16 --train-batch 2   # tiny widths: a smoke run
 
 1. One MoE FFN layer, forward + backward (gradients of every parameter and of the input), for each
-   dispatch, at seed 000's shape (E=16, k=2, d_model 512, d_ff 2048, 8x128 tokens) and a small one.
+   dispatch, at dwr_moe's layer shape (E=16, k=2, d_model 512, d_ff 2048) on 8x128 tokens and a small one.
 2. The grouped FFN inside ``dropless`` on the same sorted rows: ``jax.lax.ragged_dot``, the CPU
    default (fair-share buffers + block scan for the rest) and the block scan alone at several block sizes.
 3. A full train step of the dwr_moe preset (depth, vocabulary, sequence and batch scaled by flags)
@@ -47,12 +47,13 @@ from chimera_jax.flags import parse
 from chimera_jax.models.builder import make_ffn
 from chimera_jax.models.grouped import grouped_blocks, grouped_fair_share, grouped_ragged
 from chimera_jax.models.moe import MoE
+from chimera_jax.timing import time_ms
 from chimera_jax.train.optimizer import lr_schedule, make_optimizer
 from chimera_jax.train.state import init_state
 from chimera_jax.train.step import make_train_step
 
 SHAPES = {
-    "seed000 E16 k2 512/2048 8x128": dict(experts=16, top_k=2, d_model=512, d_ff=2048, batch=8, seq=128),
+    "dwr_moe E16 k2 512/2048 8x128": dict(experts=16, top_k=2, d_model=512, d_ff=2048, batch=8, seq=128),
     "small E8 k2 128/512 16x128": dict(experts=8, top_k=2, d_model=128, d_ff=512, batch=16, seq=128),
 }
 QUICK_SHAPES = {"tiny E4 k2 16/32 2x8": dict(experts=4, top_k=2, d_model=16, d_ff=32, batch=2, seq=8)}
@@ -70,19 +71,13 @@ class MoEBenchArgs:
     train_layers: int = 2  # dwr_moe has 6
     train_vocab: int = 256  # at least the byte tokenizer's 256; dwr_moe has 50304
     train_seq: int = 512  # dwr_moe's context
-    train_batch: int = 8  # seed 000 measured throughput at batch 8
+    train_batch: int = 8  # sequences per step
     json: str | None = None  # also write every figure to this JSON file
 
 
-def median_ms(fn: Callable, *args, repeats: int, clock: Callable[[], float]) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    jax.block_until_ready(fn(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = clock()
-        jax.block_until_ready(fn(*args))
-        times.append(clock() - t0)
-    return 1000 * statistics.median(times)
+def jitted_ms(fn: Callable, *args, repeats: int, clock: Callable[[], float]) -> float:
+    """The median ms of ``fn(*args)``, a jitted call, after two untimed calls: its compile and a warm-up."""
+    return statistics.median(time_ms(lambda: jax.block_until_ready(fn(*args)), repeats, warmup=2, clock=clock))
 
 
 def make_layer(shape: dict, dispatch: str) -> MoE:
@@ -99,11 +94,11 @@ def time_layer(shape: dict, **timing) -> dict[str, float]:
         return jnp.mean(y * y) + aux["aux_loss"]
 
     grad = eqx.filter_jit(jax.grad(loss, argnums=(0, 1)))
-    out = {d: median_ms(grad, make_layer(shape, d), x, **timing) for d in ("dense", "capacity", "dropless")}
+    out = {d: jitted_ms(grad, make_layer(shape, d), x, **timing) for d in ("dense", "capacity", "dropless")}
     # The FLOP floor: one dense FFN of width k * d_ff over the same tokens, no routing.
     cfg = ModelConfig(d_model=shape["d_model"], d_ff=shape["top_k"] * shape["d_ff"], bias=True)
     ffn = make_ffn(cfg, jax.random.PRNGKey(0), moe=False)
-    out["ffn"] = median_ms(eqx.filter_jit(jax.grad(lambda f, h: jnp.mean(f(h)[0] ** 2), argnums=(0, 1))), ffn, x,
+    out["ffn"] = jitted_ms(eqx.filter_jit(jax.grad(lambda f, h: jnp.mean(f(h)[0] ** 2), argnums=(0, 1))), ffn, x,
                            **timing)
     return out
 
@@ -119,7 +114,7 @@ def time_grouped(shape: dict, blocks: list[int], **timing) -> dict[str, float]:
     out = {}
     for name, grouped in variants.items():
         grad = eqx.filter_jit(eqx.filter_grad(lambda e, r, grouped=grouped: jnp.mean(grouped(e, r, sizes) ** 2)))
-        out[name] = median_ms(grad, layer.experts, rows, **timing)
+        out[name] = jitted_ms(grad, layer.experts, rows, **timing)
     return out
 
 
@@ -154,13 +149,13 @@ def time_train_step(cfg: RunConfig, *, repeats: int, clock: Callable[[], float])
     state = init_state(cfg, optimizer)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (cfg.train.batch_size, cfg.data.seq_len + 1), 0,
                                 cfg.model.vocab_size)
-    times = []
-    for _ in range(repeats + 2):  # compile, warm-up, then timed steps
-        t0 = clock()
+
+    def run() -> None:
+        nonlocal state
         state, metrics = step(state, tokens[:, :-1], tokens[:, 1:])
         jax.block_until_ready(metrics["loss"])
-        times.append(clock() - t0)
-    return 1000 * statistics.median(times[2:])
+
+    return statistics.median(time_ms(run, repeats, warmup=2, clock=clock))  # after the compile and a warm-up
 
 
 def train_configs(args: MoEBenchArgs) -> tuple[RunConfig, RunConfig]:
@@ -184,7 +179,7 @@ def with_unroll(cfg: RunConfig, unroll: int) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_unroll=unroll))
 
 
-def moe(argv: Sequence[str]) -> dict:
+def main(argv: Sequence[str]) -> dict:
     args = parse(MoEBenchArgs, argv)
     if min(args.repeats, args.train_layers, args.train_vocab, args.train_seq, args.train_batch, *args.blocks) < 1:
         raise ConfigError("repeats, blocks and the train-* sizes must be >= 1")

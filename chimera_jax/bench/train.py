@@ -7,15 +7,15 @@
     python scripts/bench.py train --presets dense_d512 --repeats 2 --torch-compile false
 
 The default rows:
-- ``standard`` and ``ti_ssm``: the presets as their YAML has them (seed 004: d_model 256, 6 layers, seq 128,
-  batch 8, byte tokenizer; ti_ssm's SSM of kind ssd: one Δ and A per head, its scan as matmuls);
+- ``standard`` and ``ti_ssm``: the presets as their YAML has them (d_model 256, 6 layers, seq 128, batch 8,
+  byte tokenizer; ti_ssm's SSM of kind ssd: one Δ and A per head, its scan as matmuls);
   ``ti_ssm_mamba``: ti_ssm with the per-channel (Mamba-1) SSM and its chunked scan, and
   ``ti_ssm_mamba_associative`` with the associative scan (the preset before the chunked scan and ssd);
   ``x standard``: a row's step time over the ``standard`` row's, when it runs;
 - ``standard_bpe``: ``standard`` with GPT-2's BPE vocabulary padded to 50,304 (nanoGPT's multiple of 64);
-- ``dense_d512``: seed 000's dense shape, configs/dwr_moe.yaml without its experts: d_model 512, 6 layers,
-  8 heads, d_ff 2048, seq 512, batch 8, vocabulary 50,304, learned positions, biases, with GPT-2's tied
-  embeddings and in f32 (the preset trains in bf16).
+- ``dense_d512``: configs/dwr_moe.yaml without its experts: d_model 512, 6 layers, 8 heads, d_ff 2048,
+  seq 512, batch 8, vocabulary 50,304, learned positions, biases, with GPT-2's tied embeddings and in f32
+  (the preset trains in bf16).
 Any other row is a preset of configs/ with its own overrides: ``NAME`` or ``NAME:model.d_model=128,...``.
 ``--quick`` shrinks every row alike (d_model 64, 2 layers, d_ff 256, seq 32, batch 2, vocabulary 512).
 
@@ -26,7 +26,7 @@ it, donating the state as the loop does, so it can be compiled ahead of time: ``
 lower + compile (tracing, lowering and XLA compilation), ``peak MiB`` the compiled step's own
 ``memory_analysis``: arguments + outputs - donated (aliased) buffers + temporaries. Step time: after one
 untimed step, ``--repeats`` timings of ``--steps`` consecutive steps each (ms per step, median).
-FLOPs per token: chimera_jax/train/flops.py (matrix products only, forward + backward = 3x forward);
+FLOPs per token: chimera_jax/bench/flops.py (matrix products only, forward + backward = 3x forward);
 MFU = achieved FLOP/s / the peak, a jitted f32 ``--matmul-size`` square matmul timed in the same run
 (median of 5).
 
@@ -50,9 +50,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.bench_inference import markdown
+from chimera_jax.bench.flops import PEAK_REPEATS, matmul_peak, utilisation
 from chimera_jax.config import ConfigError, ModelConfig, RunConfig, load_config, preset_path, presets, resolve_config
 from chimera_jax.flags import parse_known
+from chimera_jax.markdown import table
+from chimera_jax.timing import time_ms
 from chimera_jax.tokenizer import VOCAB_SIZES
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,6 @@ ROWS = {
 }
 QUICK = ("model.d_model=64", "model.n_layers=2", "model.d_ff=256", "data.seq_len=32", "model.max_seq_len=32",
          "train.batch_size=2", "data.tokenizer=byte", "model.vocab_size=512")
-PEAK_REPEATS = 5
 
 
 @dataclass
@@ -127,31 +128,7 @@ def random_batch(cfg: RunConfig, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Timing
-
-
-def step_ms(step: Callable[[], object], repeats: int, steps: int) -> tuple[float, list[float]]:
-    """``(median, all)`` ms per step of ``step`` (which blocks until done): one untimed step, then
-    ``repeats`` timings of ``steps`` consecutive steps."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - start) * 1000 / steps)
-    return statistics.median(times), times
-
-
-def matmul_peak(n: int, repeats: int = PEAK_REPEATS) -> float:
-    """FLOP/s of a jitted f32 ``[n, n] @ [n, n]`` (2 n^3 FLOPs), median of ``repeats`` after a warm-up."""
-    import jax
-    import jax.numpy as jnp
-
-    a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    ms, _ = step_ms(lambda: matmul(a, b).block_until_ready(), repeats, 1)
-    return 2 * n**3 / (ms / 1000)
+# Timing: ms per step, one untimed step, then --repeats timings of --steps consecutive steps
 
 
 def jax_row(cfg: RunConfig, repeats: int, steps: int) -> dict:
@@ -185,8 +162,8 @@ def jax_row(cfg: RunConfig, repeats: int, steps: int) -> dict:
         state, metrics = compiled(batch, state)
         jax.block_until_ready((state, metrics))
 
-    ms, times = step_ms(run, repeats, steps)
-    return {"params": params, "compile_s": compile_s, "step_ms": ms, "step_ms_all": times,
+    times = time_ms(run, repeats, calls=steps)
+    return {"params": params, "compile_s": compile_s, "step_ms": statistics.median(times), "step_ms_all": times,
             "peak_mib": mem["argument"] + mem["output"] - mem["alias"] + mem["temp"], "memory_mib": mem}
 
 
@@ -229,7 +206,8 @@ def torch_row(cfg: RunConfig, repeats: int, steps: int, compile_too: bool) -> di
 
     out: dict = {"torch_params": sum(p.numel() for p in model.parameters())}
     log.info("  torch eager")
-    out["torch_eager_ms"], out["torch_eager_ms_all"] = step_ms(step(model), repeats, steps)
+    times = time_ms(step(model), repeats, calls=steps)
+    out["torch_eager_ms"], out["torch_eager_ms_all"] = statistics.median(times), times
     out["torch_compile_ms"] = out["torch_compile_error"] = None
     if compile_too:
         log.info("  torch.compile")
@@ -238,7 +216,8 @@ def torch_row(cfg: RunConfig, repeats: int, steps: int, compile_too: bool) -> di
             start = time.perf_counter()
             run()  # compiles
             first = time.perf_counter() - start
-            out["torch_compile_ms"], out["torch_compile_ms_all"] = step_ms(run, repeats, steps)
+            times = time_ms(run, repeats, calls=steps)
+            out["torch_compile_ms"], out["torch_compile_ms_all"] = statistics.median(times), times
             out["torch_compile_s"] = first - out["torch_compile_ms"] / 1000
         except Exception as err:  # noqa: BLE001 - any failure of the compiler stack is reported, not raised
             out["torch_compile_error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
@@ -289,7 +268,7 @@ def shape(cfg: RunConfig) -> dict:
             "precision": cfg.train.precision}
 
 
-def train(argv: Sequence[str]) -> dict:
+def main(argv: Sequence[str]) -> dict:
     args, overrides = parse_known(TrainBenchArgs, argv)
     repeats = args.repeats if args.repeats is not None else 2 if args.quick else 3
     if repeats < 1 or args.steps < 1 or args.matmul_size < 1 or (args.torch_threads or 1) < 1:
@@ -299,8 +278,6 @@ def train(argv: Sequence[str]) -> dict:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    from chimera_jax.train.flops import forward_flops_per_token
-
     result = {"header": header(args.torch_threads), "quick": args.quick, "repeats": repeats, "steps": args.steps,
               "matmul_size": args.matmul_size}
     log.info("peak: %dx%d f32 matmul", args.matmul_size, args.matmul_size)
@@ -312,11 +289,7 @@ def train(argv: Sequence[str]) -> dict:
         row.update(jax_row(cfg, repeats, args.steps))
         row["tokens_per_step"] = tokens = row["shape"]["batch"] * cfg.data.seq_len
         row["tokens_per_s"] = tokens / (row["step_ms"] / 1000)
-        parts = forward_flops_per_token(cfg.model, cfg.data.seq_len)
-        row["forward_flops_per_token"] = parts
-        row["flops_per_token"] = 3 * sum(parts.values())
-        row["flops_per_s"] = row["flops_per_token"] * row["tokens_per_s"]
-        row["mfu"] = row["flops_per_s"] / peak
+        row.update(utilisation(cfg.model, cfg.data.seq_len, row["tokens_per_s"], peak))
         row["torch_skipped"] = "--torch false" if not args.torch else gpt2_mismatch(cfg.model)
         if row["torch_skipped"] is None:
             log.info("%s: GPT2LMHeadModel in torch", spec)
@@ -341,7 +314,7 @@ def report(result: dict) -> str:
     """Device and versions, the table, and what each figure is."""
     h = result["header"]
     na = "n/a"
-    table = markdown(
+    figures = table(
         ["preset", "params", "tokens/step", "compile s", "step ms", "x standard", "tokens/s", "peak MiB", "GFLOP/token",
          "GFLOP/s", "MFU %", "torch eager ms", "torch compile ms", "torch eager / JAX", "torch compile / JAX"],
         [[r["preset"], r["params"], r["tokens_per_step"], r["compile_s"], r["step_ms"],
@@ -369,5 +342,5 @@ def report(result: dict) -> str:
         f"{result['peak_flops'] / 1e9:,.1f} GFLOP/s; MFU = GFLOP/s / peak",
         f"step ms: median of {result['repeats']} timings of {result['steps']} step(s) after one untimed step; "
         "compile s: ahead-of-time lower + compile of the train step; peak MiB: the compiled step's memory "
-        "(arguments + outputs - donated + temporaries); GFLOP/token: chimera_jax/train/flops.py (3x the forward "
-        "matrix products); torch / JAX: torch's step time over ours (> 1: JAX faster)", "", table, "", *notes])
+        "(arguments + outputs - donated + temporaries); GFLOP/token: chimera_jax/bench/flops.py (3x the forward "
+        "matrix products); torch / JAX: torch's step time over ours (> 1: JAX faster)", "", figures, "", *notes])

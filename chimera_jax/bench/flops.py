@@ -1,8 +1,9 @@
-"""Model FLOPs per token: the matrix products a model's definition needs, counted from its config.
+"""Model FLOPs per token, counted from a config, and MFU against a matmul peak measured in the same process.
 
-The count MFU divides by (model FLOPs utilisation, as in PaLM): the work the model needs, not what an
-implementation does, so rematerialisation, the associative scan's extra combines or a dense MoE dispatch
-do not raise it. A multiply-add counts as 2 FLOPs; a ``[m, k] @ [k, n]`` product as ``2 m k n``.
+The count MFU divides by (model FLOPs utilisation, as in PaLM): the matrix products the model's definition
+needs, not what an implementation does, so rematerialisation, the associative scan's extra combines or a
+dense MoE dispatch do not raise it. A multiply-add counts as 2 FLOPs; a ``[m, k] @ [k, n]`` product as
+``2 m k n``.
 
 Per token, forward, with ``d = d_model``, ``T`` the sequence length, ``H`` heads of ``hd = d / H`` (query
 width ``d``), ``G`` key/value heads (key/value width ``G hd``), ``f`` the FFN width, ``V`` the (padded)
@@ -28,13 +29,20 @@ half): the convention of PaLM's and nanoGPT's ``6 N + 12 L T d``, which this equ
 biases and norms in ``N`` (``N`` counting the head, not the position embeddings). Not counted: elementwise
 work (norms, activations, softmax, residual adds, the optimizer's update), embedding lookups, and the
 time-indexed stack's gating of its weights, which is per step, not per token.
+
+MFU = achieved model FLOP/s / the peak, taken as the FLOP/s of a jitted f32 square matmul timed in the
+same run (``matmul_peak``): what this machine reaches on the work counted here, whatever its data sheet says.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 
 from chimera_jax.config import ModelConfig
+from chimera_jax.timing import time_ms
+
+PEAK_REPEATS = 5
 
 
 def _ffn(d: int, width: int, swiglu: bool) -> int:
@@ -76,3 +84,21 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """Forward and backward: three times the forward matrix products."""
     return 3 * sum(forward_flops_per_token(cfg, seq_len).values())
+
+
+def utilisation(cfg: ModelConfig, seq_len: int, tokens_per_s: float, peak: float) -> dict:
+    """A training row's FLOPs figures at ``tokens_per_s``: the forward parts, FLOPs per token, FLOP/s and MFU."""
+    per_token = train_flops_per_token(cfg, seq_len)
+    return {"forward_flops_per_token": forward_flops_per_token(cfg, seq_len), "flops_per_token": per_token,
+            "flops_per_s": per_token * tokens_per_s, "mfu": per_token * tokens_per_s / peak}
+
+
+def matmul_peak(n: int, repeats: int = PEAK_REPEATS) -> float:
+    """FLOP/s of a jitted f32 ``[n, n] @ [n, n]`` (2 n^3 FLOPs), median of ``repeats`` after a warm-up."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    ms = statistics.median(time_ms(lambda: matmul(a, b).block_until_ready(), repeats))
+    return 2 * n**3 / (ms / 1000)

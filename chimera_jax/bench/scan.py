@@ -2,7 +2,7 @@
 
     chimera-bench scan [--batch 8] [--seq-len 128] [--d-inner 512] [--state 16] [--head-dim 64]
         [--chunks 4 8 16 32 64] [--repeats 5] [--json FILE]
-    python scripts/bench.py scan   # seed 004's shape: batch 8, seq 128, d_model 256 expanded 2x, state 16
+    python scripts/bench.py scan   # ti_ssm's shape: batch 8, seq 128, d_model 256 expanded 2x, state 16
 
 The defaults are the ti_ssm preset's scan: ``[batch, seq, d_inner, state]``. Each row times the gradient of
 a loss of the scan's outputs with respect to every input (u, Δ, A, B, C), jitted: ``associative`` (the
@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.bench_inference import markdown
-from chimera_jax.cli.bench_train import step_ms
 from chimera_jax.config import ConfigError
 from chimera_jax.flags import parse
+from chimera_jax.markdown import table
+from chimera_jax.timing import time_ms
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ScanBenchArgs:
     json: str | None = None  # also write every figure to this JSON file
 
 
-def scan(argv: Sequence[str]) -> dict:
+def main(argv: Sequence[str]) -> dict:
     args = parse(ScanBenchArgs, argv)
     sizes = (args.batch, args.seq_len, args.d_inner, args.state, args.head_dim, args.repeats, *args.chunks)
     if min(sizes) < 1 or args.d_inner % args.head_dim:
@@ -84,17 +85,18 @@ def scan(argv: Sequence[str]) -> dict:
         grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))
         y = jax.jit(f)(u, dt, A, Bm, C)[0]
         reference.setdefault(kind, y)  # each kind's first row is its sequential scan
-        ms, _ = step_ms(lambda grad=grad, dt=dt, A=A: jax.block_until_ready(grad(u, dt, A, Bm, C)), args.repeats, 1)
+        ms = statistics.median(time_ms(lambda grad=grad, dt=dt, A=A: jax.block_until_ready(grad(u, dt, A, Bm, C)),
+                                       args.repeats))
         result["rows"].append({"kind": kind, "method": method, "chunk": chunk or None, "fwd_bwd_ms": ms,
                                "max_abs_diff": float(jnp.max(jnp.abs(y - reference[kind])))})
     base = result["rows"][1]["fwd_bwd_ms"]  # mamba's associative scan
-    table = markdown(["kind", "scan", "chunk", "fwd + bwd ms", "x associative", "max abs diff"],
-                     [[r["kind"], r["method"], r["chunk"] or "", r["fwd_bwd_ms"], base / r["fwd_bwd_ms"],
-                       f"{r['max_abs_diff']:.1e}"] for r in result["rows"]])
+    figures = table(["kind", "scan", "chunk", "fwd + bwd ms", "x associative", "max abs diff"],
+                    [[r["kind"], r["method"], r["chunk"] or "", r["fwd_bwd_ms"], base / r["fwd_bwd_ms"],
+                      f"{r['max_abs_diff']:.1e}"] for r in result["rows"]])
     s = result["shape"]
     print(f"# Selective scan, forward + backward\n\ndevice: {result['device']}, {result['cpus']} CPUs, jax "
           f"{result['jax']}; shape: batch {B}, seq {T}, d_inner {Di}, state {N} (ssd: {s['heads']} heads); median of "
-          f"{args.repeats}; ref: the sequential scan of the same kind\n\n{table}")
+          f"{args.repeats}; ref: the sequential scan of the same kind\n\n{figures}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
