@@ -1,10 +1,12 @@
-"""Expected user errors end every command as one ``error: ...`` line and exit status 2, through the one entry
-point (cli/entry.py ``launch``), whichever part of the code raised them: the config, checkpoints or data."""
+"""Expected user errors end every command as one ``error: ...`` line and exit status 2 (3: a diverged training
+run), through the one entry point (cli/entry.py ``launch``), whichever part of the code raised them: the config,
+checkpoints, data or the training loop."""
 
 from __future__ import annotations
 
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 from chimera_jax.cli import entry
@@ -14,8 +16,8 @@ from chimera_jax.train.optimizer import make_optimizer
 from chimera_jax.train.state import init_state
 
 
-def launch(command: str, *argv: str, monkeypatch, capsys) -> str:
-    """The command's error line; fails unless it exits with status 2 and the line ends stderr, which holds no
+def launch(command: str, *argv: str, monkeypatch, capsys, status: int = 2) -> str:
+    """The command's error line; fails unless it exits with ``status`` and the line ends stderr, which holds no
     traceback and (progress messages aside) no other line."""
     monkeypatch.setenv("CHIMERA_MALLOC", "off")  # no re-execution of the test process
     monkeypatch.setattr(sys, "argv", [f"scripts/{command}.py", *argv])
@@ -23,7 +25,7 @@ def launch(command: str, *argv: str, monkeypatch, capsys) -> str:
         entry.launch(command)
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if not line.startswith("evaluating ")]
-    assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert exit_.value.code == status and len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
 
 
@@ -69,6 +71,31 @@ def test_missing_data_is_one_error_line(run_at_step_0, monkeypatch, capsys, tmp_
     line = launch("eval", "--checkpoint", str(run_at_step_0), "--data", "wikitext-103", "--split", "train",
                   "--data_dir", str(tmp_path), monkeypatch=monkeypatch, capsys=capsys)
     assert line.startswith("error: 'wikitext-103' split 'train' was not found. Searched: data.data_dir: ")
+
+
+def test_a_corpus_too_small_to_train_on_is_one_error_line(tmp_path, monkeypatch, capsys):
+    empty, short = tmp_path / "empty.txt", tmp_path / "short.txt"
+    empty.touch()
+    short.write_text("a short line\n" * 40)  # 520 bytes: train 481, validation 26 (byte tokens)
+    train = ("--model", "dense", "--train.run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache"))
+    line = launch("train", *train, "--data.corpus", f"text:{empty}", monkeypatch=monkeypatch, capsys=capsys)
+    assert line == f"error: text:{empty}: the file is empty: no text to read"
+    line = launch("train", *train, "--data.corpus", f"text:{short}", "--data.seq_len", "64", monkeypatch=monkeypatch,
+                  capsys=capsys)
+    assert line == (f"error: data.seq_len=64: text:{short}/validation has 26 tokens, fewer than seq_len + 1 = 65 "
+                    "needed for one training window; lower data.seq_len to at most 25 or use a larger corpus")
+
+
+def test_a_diverged_run_is_one_error_line_and_exit_status_3(tiny_config, token_cache, tmp_path, monkeypatch, capsys):
+    from chimera_jax.train import step
+
+    tiny_config()  # writes tmp_path / "tiny.yaml"
+    monkeypatch.setattr(step, "head_cross_entropy", lambda *args: jnp.array(jnp.nan))
+    line = launch("train", "--config", str(tmp_path / "tiny.yaml"), "--data.cache_dir", str(token_cache),
+                  "--train.run_dir", str(tmp_path / "run"), "--train.steps", "2", monkeypatch=monkeypatch,
+                  capsys=capsys, status=3)
+    assert line.startswith("error: non-finite loss (nan) at step 1: training diverged (a lower optim.lr")
+    assert line.endswith(f"the last good state (step 0) is saved in {tmp_path / 'run' / 'checkpoints'}")
 
 
 def test_a_missing_run_is_not_created_and_an_empty_one_has_no_checkpoint_yet(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from chimera_jax import data
-from chimera_jax.config import DataConfig
+from chimera_jax.config import ConfigError, DataConfig
 from chimera_jax.data import sources, stream
 from chimera_jax.data.cache import DEFAULT_CACHE_DIR
 from chimera_jax.data.tokenize import gpt2_safe_chunks
@@ -177,6 +177,32 @@ def test_text_path_folder_splits_by_file(tmp_path):
 def test_text_path_missing_is_a_clear_error(tmp_path):
     with pytest.raises(data.DataNotFoundError, match="no such file"):
         data.load_documents(f"text:{tmp_path / 'nope.txt'}", "train")
+
+
+def test_an_empty_text_file_or_split_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.touch()
+    with pytest.raises(ConfigError, match=f"^text:{empty}: the file is empty: no text to read$"):
+        data.load_documents(f"text:{empty}", "train")
+    (tmp_path / "also_empty.txt").touch()
+    with pytest.raises(ConfigError, match=f"^text:{tmp_path}: its 2 .txt files are all empty"):
+        data.load_documents(f"text:{tmp_path}", "train")
+    one_line = tmp_path / "line.txt"
+    one_line.write_text("a single line, so no validation split\n")
+    assert data.load_documents(f"text:{one_line}", "train") == [one_line.read_text()]
+    with pytest.raises(ConfigError, match=f"^text:{one_line}: no validation text: the file is split 90/5/5"):
+        data.load_documents(f"text:{one_line}", "validation")
+
+
+def test_a_text_file_that_is_not_utf8_is_read_as_latin1_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "latin1.txt"
+    text = "".join(f"café {i}\n" for i in range(40))  # 40 of its 310 bytes, the é, are not UTF-8 in Latin-1
+    path.write_bytes(text.encode("latin-1"))
+    with caplog.at_level("WARNING", logger="chimera_jax.data"):
+        assert "".join(data.load_text(f"text:{path}", split) for split in data.SPLITS) == text
+    [record] = caplog.records  # one warning, though each split read the file
+    assert record.getMessage().startswith(f"{path} is not UTF-8 text: 40 of its 310 bytes (12.90%) are not valid "
+                                          "UTF-8; reading it as Latin-1")
 
 
 def test_fallback_is_used_only_when_the_corpus_is_missing_and_a_recorded_choice_wins(tmp_path, caplog, monkeypatch):
@@ -432,7 +458,8 @@ def test_get_batch_on_cached_memmap(tmp_path):
 
 
 def test_too_short_split_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"bbc_news/test \(byte\) has 10 tokens.*seq_len \+ 1 = 129"):
+    with pytest.raises(ConfigError, match=r"^data.seq_len=128: bbc_news/test \(byte\) has 10 tokens.*seq_len \+ 1 "
+                                          r"= 129 .*lower data.seq_len to at most 9 or use a larger corpus$"):
         data.check_split_length(np.zeros(10, np.uint16), 128, "bbc_news/test (byte)")
     data.check_split_length(np.zeros(129, np.uint16), 128, "ok")
     with pytest.raises(ValueError, match="has 16 tokens"):

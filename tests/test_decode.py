@@ -66,6 +66,7 @@ def model_of(family: str, vocab_size: int = BASE.vocab_size, n_layers: int | Non
 
 
 @pytest.mark.parametrize("family", [*FAMILIES, "ti_ssm_at_depth_3"])
+@pytest.mark.slow
 def test_cached_decoding_gives_the_logits_of_full_recompute(family):
     """Prompts of lengths 5, 3 and 8 prefilled in one padded batch, then 6 tokens each one at a time: every
     step's logits equal ``Decoder.__call__`` over the whole sequence at that position."""
@@ -96,6 +97,7 @@ def test_cached_decoding_gives_the_logits_of_full_recompute(family):
 
 
 @pytest.mark.parametrize("family", ["sinusoidal", "moe_every_2", "ti_ssm"])
+@pytest.mark.slow
 def test_the_decoding_layout_computes_what_the_trained_model_does(family):
     """Generation unrolls the stack into one block per layer (each time-indexed depth gated once) and splits
     each MoE layer's experts into modules of their own: the trained model's logits, full pass and decoding (a
@@ -125,6 +127,7 @@ def test_the_decoding_layout_computes_what_the_trained_model_does(family):
     [[1, 3], [0, 4], [0, 3]],  # expert by expert, each within the fair share (2 rows), expert 2 unused
     [[3, 1], [3, 0], [3, 4], [3, 1], [3, 2], [1, 3], [3, 0]],  # expert 3 on every token: past the share, to N
 ], ids=["by_assignment", "by_expert", "overflow"])
+@pytest.mark.slow
 def test_expert_list_dispatch_equals_the_dense_oracle(choices):
     """The decoding layout's dropless dispatch gives every token its experts' gated sum, whichever static row
     count its experts' rows are padded to; an expert no token chose contributes nothing."""
@@ -142,6 +145,7 @@ def test_expert_list_dispatch_equals_the_dense_oracle(choices):
     assert bool(kept.all())
 
 
+@pytest.mark.slow
 def test_a_stale_state_would_be_caught():
     """The tolerance above means something: decoding token 1 from an empty state is far off."""
     model = model_of("ti_ssm")
@@ -167,6 +171,7 @@ PROMPTS = ["The cat sat", "A", "Once upon a time there"]
 SAMPLED = Sampling(temperature=1.0, top_k=40, top_p=0.95)
 
 
+@pytest.mark.slow
 def test_greedy_is_deterministic_and_the_cache_changes_nothing(generator):
     cached = generator.generate(PROMPTS, max_new_tokens=12, ignore_eos=True)
     assert cached.tokens == generator.generate(PROMPTS, max_new_tokens=12, ignore_eos=True).tokens
@@ -175,12 +180,14 @@ def test_greedy_is_deterministic_and_the_cache_changes_nothing(generator):
     assert len({tuple(t) for t in cached.tokens}) == 3 and all(len(set(t)) > 1 for t in cached.tokens)
 
 
+@pytest.mark.slow
 def test_each_prompt_decodes_as_it_would_alone(generator):
     together = generator.generate(PROMPTS, max_new_tokens=10, ignore_eos=True)
     for prompt, tokens in zip(PROMPTS, together.tokens, strict=True):
         assert generator.generate(prompt, max_new_tokens=10, ignore_eos=True).tokens[0] == tokens
 
 
+@pytest.mark.slow
 def test_sampling_reproduces_from_its_seed_in_both_modes(generator):
     sampling = SAMPLED
     first = generator.generate(PROMPTS, max_new_tokens=12, sampling=sampling, seed=7, ignore_eos=True)
@@ -199,6 +206,7 @@ def any_state(request, generator) -> Generator:
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.slow
 def test_decoding_a_chunk_per_call_gives_the_tokens_of_one_step_per_call(any_state, sampling):
     """20 new tokens: the first from the prefill, then 19 steps in two calls of 16 (the second running 13 steps
     past the end) or in 19 calls of one step. The same tokens, and a seed draws the same samples."""
@@ -242,6 +250,7 @@ def count_compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.mark.slow
 def test_one_compile_per_generation_and_none_within_a_bucket():
     """20 new tokens take two calls of the decoding chunk: one compile; 30 (same cache size) compile nothing."""
     generator = byte_generator("sinusoidal")
@@ -270,10 +279,25 @@ def test_streamed_text_is_the_final_text(generator):
     assert "".join(pieces) == result.texts[0] and len(pieces) > 1
 
 
-def test_rolling_cache_decodes_past_the_cache_size():
-    generator = byte_generator("rope_sinks", layout=CacheLayout(window=8, sinks=2))
-    result = generator.generate(PROMPTS, max_new_tokens=30, ignore_eos=True)  # far past 10 slots
-    assert result.new_tokens == [30, 30, 30]
+def test_past_the_training_context_a_full_cache_warns_once(generator, monkeypatch, caplog):
+    monkeypatch.setattr(generator, "context", 27)  # as if trained on 27 tokens (from_run: the run's max_seq_len)
+    monkeypatch.setattr(generator, "warned_past_context", False)
+    with caplog.at_level("WARNING", logger="chimera_jax.generate"):
+        generator.generate("The cat sat", max_new_tokens=16, ignore_eos=True)  # 11 + 16 tokens: within it
+        assert not caplog.records
+        for cache in (True, False):
+            generator.generate(PROMPTS, max_new_tokens=12, ignore_eos=True, cache=cache)  # 22 + 12: past it
+    [record] = caplog.records
+    assert "a prompt of 22 tokens plus max_new_tokens=12 runs past the 27 tokens this model was trained on" in (
+        record.getMessage())
+
+
+@pytest.mark.slow
+def test_rolling_cache_decodes_past_the_cache_size(caplog):
+    generator = byte_generator("rope_sinks", layout=CacheLayout(window=8, sinks=2), context=16)
+    with caplog.at_level("WARNING", logger="chimera_jax.generate"):
+        result = generator.generate(PROMPTS, max_new_tokens=30, ignore_eos=True)  # far past 10 slots
+    assert result.new_tokens == [30, 30, 30] and not caplog.records  # past the context, but rolling: no warning
     state = generator.model.init_state(3, CacheLayout(window=8, sinks=2))
     positions = [leaf for leaf in jax.tree_util.tree_leaves(state) if leaf.dtype == jnp.int32]
     assert positions and {p.shape[-2:] for p in positions} == {(3, 11)}  # 2 sinks + 8 window + the spare slot

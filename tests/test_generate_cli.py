@@ -11,7 +11,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
-from conftest import TINY_YAML
+from helpers import TINY_YAML
 
 from chimera_jax.cli.generate import GenerateArgs, main
 from chimera_jax.config import ConfigError, load_config
@@ -62,6 +62,7 @@ def greedy(run, tmp_path_factory):
     return generation, out.pieces, json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_greedy_streams_and_is_the_same_again_in_other_chunks_and_without_cache(run, greedy):
     generation, pieces, _ = greedy
     text = generation.texts[0]
@@ -85,6 +86,7 @@ def test_json_has_the_results_and_the_settings(greedy, run):
         run, NEW, 0.0, False)
 
 
+@pytest.mark.slow
 def test_a_batch_of_mixed_lengths_gives_each_prompt_its_text_alone(run, greedy, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{SHORT}\n\n{LONG}\n")  # the blank line is skipped
@@ -96,6 +98,7 @@ def test_a_batch_of_mixed_lengths_gives_each_prompt_its_text_alone(run, greedy, 
     assert f"--- 1: {SHORT!r}\n{batch.texts[0]}\n--- 2: {LONG!r}\n{batch.texts[1]}\n" in out
 
 
+@pytest.mark.slow
 def test_a_seed_reproduces_sampled_text_and_another_seed_differs(run):
     def sample(seed: int) -> str:
         return main(["--checkpoint", run, "--prompt", SHORT, "--max-new-tokens", str(NEW), "--temperature", "1.5",
@@ -155,6 +158,12 @@ def test_a_missing_run_directory_is_one_line(tmp_path):
         main(["--checkpoint", str(tmp_path / "nothing"), "--prompt", "a"])
 
 
+def test_a_run_s_generator_knows_its_training_context(run):
+    """What a generation past it without a rolling cache warns about (tests/test_decode.py)."""
+    assert Generator.from_run(run).context == 32
+
+
+@pytest.mark.slow
 def test_the_script_streams_to_stdout_and_fails_with_one_line(run, greedy):
     ok = subprocess.run([sys.executable, SCRIPT, "--checkpoint", run, "--prompt", SHORT, "--max-new-tokens", str(NEW)],
                         capture_output=True, text=True, timeout=120)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_YAML
+from helpers import TINY_YAML
 
 from chimera_jax import data
 from chimera_jax.cli import train as train_cli
@@ -45,6 +45,7 @@ def _batch(cfg, step, batch_size=None):
     return data.get_batch(tokens, cfg.data.seq_len, batch_size or cfg.train.batch_size, cfg.train.seed, step)
 
 
+@pytest.mark.slow
 def test_step_compiles_once_and_loss_falls(tiny_config):
     cfg, opt, state = _setup(tiny_config("--train.steps", "40"))
     step = make_train_step(cfg, opt, lr_schedule(cfg.optim, 40), max_traces=1)
@@ -56,6 +57,7 @@ def test_step_compiles_once_and_loss_falls(tiny_config):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch(tiny_config):
     cfg, opt, state = _setup(tiny_config("--train.batch_size", "4"))
     inputs, targets = _batch(cfg, 0)
@@ -71,6 +73,7 @@ def _arrays(state):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(state, eqx.is_array))]
 
 
+@pytest.mark.slow
 def test_donated_step_equals_the_plain_one_and_a_non_finite_step_changes_nothing(tiny_config, monkeypatch):
     cfg, opt, state = _setup(tiny_config())
     schedule = lr_schedule(cfg.optim, 20)
@@ -88,6 +91,7 @@ def test_donated_step_equals_the_plain_one_and_a_non_finite_step_changes_nothing
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_f32_parameters(tiny_config):
     cfg, opt, state = _setup(tiny_config("--train.precision", "bf16"))
     new_state, metrics = make_train_step(cfg, opt, lr_schedule(cfg.optim, 20))(state, *_batch(cfg, 0))
@@ -106,7 +110,7 @@ def test_weight_decay_only_on_matrices(tiny_config):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, token_cache) -> tuple[RunConfig, dict]:
-    """The tiny run (conftest's: 20 steps, validation and checkpoints every 10) trained once: ``(cfg, summary)``.
+    """The tiny run (helpers.TINY_YAML: 20 steps, validation and checkpoints every 10) trained once: ``(cfg, summary)``.
     Tests read it, or resume it to find it complete, and write nothing in it."""
     folder = tmp_path_factory.mktemp("finished")
     (folder / "tiny.yaml").write_text(TINY_YAML)
@@ -125,6 +129,7 @@ def test_train_loop_writes_metrics_and_checkpoints(finished):
     assert (cfg.run_dir / "tb").is_dir() and (cfg.run_dir / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, monkeypatch):
     cfg = tiny_config("--train.steps", "4", "--train.checkpoint_every", "2")
     train(cfg)
@@ -172,6 +177,7 @@ def test_a_signal_is_kept_for_the_loop_and_the_handlers_come_back():
     assert errors == [None]
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_step_done_and_resuming_gives_the_uninterrupted_run(finished, tiny_config, monkeypatch,
                                                                             caplog):
     reference, _ = finished
@@ -205,6 +211,7 @@ def test_the_command_line_exits_with_the_signals_status_and_no_traceback(raised,
     assert (done.returncode, done.stderr) == (130, stderr)
 
 
+@pytest.mark.slow
 def test_a_finished_run_says_so_a_shorter_one_is_refused_and_changed_settings_are_named(finished, tmp_path,
                                                                                        caplog, capsys):
     cfg, first = finished
@@ -228,12 +235,16 @@ def test_a_finished_run_says_so_a_shorter_one_is_refused_and_changed_settings_ar
 
 
 def test_split_too_short_fails_before_compute(tiny_config, tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("too short " * 3)
-    with pytest.raises(ValueError, match="seq_len"):
+    short, one_line = tmp_path / "short.txt", tmp_path / "one_line.txt"
+    short.write_text("ab\n" * 40)  # 5% of 120 characters: a validation split of 6 tokens, seq_len 32
+    one_line.write_text("too short " * 3)
+    with pytest.raises(ConfigError, match="data.seq_len=32: .*validation has 6 tokens"):
         train(tiny_config("--data.corpus", f"text:{short}"))
+    with pytest.raises(ConfigError, match="no validation text"):
+        train(tiny_config("--data.corpus", f"text:{one_line}"))
 
 
+@pytest.mark.slow
 def test_a_run_on_the_fallback_corpus_records_it_and_resumes_on_it(tiny_config, tmp_path):
     """Trained on the fallback while the corpus was missing; resumed after it appeared: still the fallback."""
     corpus = tmp_path / "arrives_later.txt"
@@ -251,6 +262,7 @@ def _memory_maps() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts Linux memory maps")
+@pytest.mark.slow
 def test_a_finished_run_leaves_no_compiled_code_mapped(tiny_config, tmp_path):
     """XLA:CPU maps each executable's code on its own; run after run in one process must not pile them up
     towards vm.max_map_count (where XLA's compiler crashed the test session)."""

@@ -3,9 +3,9 @@
 ``launch`` re-executes the process with the tuned malloc settings (chimera_jax/malloc.py) before the
 command's module, and so JAX, is imported, then runs the command's ``main(argv)``. An error the user can fix
 (a ``UserError``: a bad flag or config, a missing run, step or corpus) ends as one ``error: ...`` line on stderr
-and exit status 2; ``--debug``, anywhere on the command line, shows the traceback instead. ``--help`` prints the
-command's usage above the flags its parser lists: its module's docstring, or its ``usage(argv)`` where the
-arguments pick whose (``chimera-bench NAME --help``: that bench's alone).
+and exit status 2 (3: training diverged, a non-finite loss); ``--debug``, anywhere on the command line, shows the
+traceback instead. ``--help`` prints the command's usage above the flags its parser lists: its module's docstring,
+or its ``usage(argv)`` where the arguments pick whose (``chimera-bench NAME --help``: that bench's alone).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def launch(command: str) -> None:
         if "--debug" in sys.argv:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(err.status) from None
     except Interrupted as err:  # Ctrl-C or SIGTERM: training saved its last step and said so (train/interrupt.py)
         raise SystemExit(err.status) from None
     except KeyboardInterrupt:  # Ctrl-C anywhere else (loading data, evaluating): nothing to save, no traceback

@@ -17,7 +17,8 @@ decode tokens/s, compile time) goes to stderr; ``--json`` writes it with the tex
 ``--decode-chunk N`` runs N cached decoding steps per call from the host (the text is the same for any N;
 the stream then arrives N tokens at a time).
 ``--window W --sink-tokens S`` keeps only the first S and the last W tokens in each attention layer's
-cache (StreamingLLM), to run past the training context in constant memory. ``--depth`` runs a
+cache (StreamingLLM), to run past the training context in constant memory; without it, a generation past the
+run's ``model.max_seq_len`` logs a warning first (the text may degrade there). ``--depth`` runs a
 time-indexed model's shared block L times. In a notebook, the same call is
 ``Generator.from_run(run_dir).generate(prompts, ...)`` (chimera_jax/generate/engine.py).
 """

@@ -7,8 +7,10 @@
 (``--train.batch-size`` is ``--train.batch_size``). Re-running the same run directory continues from its
 newest checkpoint (``--resume`` says so explicitly, and stops if there is none: a mistyped directory); a run
 already complete says so. Ctrl-C (or SIGTERM) saves the last completed step and exits 130 (143): the same
-command resumes from it. A bad value, combination or corpus name stops with one line before any data is read
-or JAX is loaded.
+command resumes from it. A bad value, combination or corpus name stops with one line (exit status 2) before any
+data is read or JAX is loaded; an empty ``text:`` file, or a split shorter than ``--data.seq_len`` + 1 tokens, with
+one line before anything compiles. A step whose loss is not finite (training diverged) stops the run with one line
+and exit status 3, after saving the last good state.
 
 Every device is used: ``--mesh.data/fsdp/expert`` say how they split the work. Several processes (hosts)
 run the same command with their own id, and only process 0 prints and writes the metrics

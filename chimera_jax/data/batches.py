@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from chimera_jax.config import ConfigError
+
 
 def check_split_length(tokens: np.ndarray, seq_len: int, name: str) -> None:
-    """Fail before training when a split cannot fill even one window of seq_len + 1 tokens."""
-    if len(tokens) < seq_len + 1:
-        raise ValueError(
-            f"{name} has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1} needed for one "
-            f"training window; lower data.seq_len or use a larger split/corpus"
-        )
+    """Fail before training, with one line (a ``ConfigError``), when a split cannot fill even one window of
+    seq_len + 1 tokens."""
+    have = len(tokens)
+    if have < seq_len + 1:
+        fix = f"lower data.seq_len to at most {have - 1} or use a larger corpus" if have > 1 else "use a larger corpus"
+        raise ConfigError(f"data.seq_len={seq_len}: {name} has {have} tokens, fewer than seq_len + 1 = {seq_len + 1} "
+                          f"needed for one training window; {fix}")
 
 
 def get_batch(

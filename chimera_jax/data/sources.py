@@ -39,13 +39,29 @@ log = logging.getLogger(__name__)
 # Every corpus reads its text through these two, so a test can tell that a cache hit reads none.
 
 
-def read_text_file(path: Path) -> str:
-    """UTF-8, falling back to Latin-1 for the odd legacy file (one BBC article is Latin-1)."""
+def read_text_file(path: Path, *, warn: bool = False) -> str:
+    """UTF-8, falling back to Latin-1 for the odd legacy file (one BBC article is Latin-1). ``warn``: a user's own
+    file (``text:``), which is then said not to be UTF-8, with the share of its bytes that are not."""
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
+        if warn:
+            warn_not_utf8(path, data)
         return data.decode("latin-1")
+
+
+_NOT_UTF8: set[tuple[str, int, int]] = set()  # the files warn_not_utf8 has warned about
+
+
+def warn_not_utf8(path: Path, data: bytes) -> None:
+    """One warning per file and process (each split reads the file) with the bytes that no UTF-8 character holds."""
+    bad = len(data) - len(data.decode("utf-8", "ignore").encode("utf-8"))
+    if (str(path), len(data), bad) not in _NOT_UTF8:
+        _NOT_UTF8.add((str(path), len(data), bad))
+        log.warning("%s is not UTF-8 text: %s of its %s bytes (%.2f%%) are not valid UTF-8; reading it as Latin-1 "
+                    "(convert it to UTF-8 if that is not its encoding)", path, f"{bad:,}", f"{len(data):,}",
+                    100 * bad / len(data))
 
 
 def read_parquet_column(files: Sequence[Path], column: str) -> list[str]:
@@ -131,10 +147,22 @@ def text_path(path: str, split: str) -> Source:
         raise DataNotFoundError(f"text:{path}: no such file or folder ({root.resolve()})")
     if not files:
         raise DataNotFoundError(f"text:{path}: the folder holds no .txt files")
+    if all(f.stat().st_size == 0 for f in files):
+        raise ConfigError(f"text:{path}: " + ("the file is empty" if root.is_file() else
+                                              f"its {len(files)} .txt files are all empty") + ": no text to read")
     if len(files) >= HOLDOUT_EVERY:
         files = select_split(files, split)
-        return Source(files_identity(files), lambda: [read_text_file(f) for f in files])
-    return Source(files_identity(files), lambda: [char_range_split(read_text_file(f), split) for f in files])
+        return Source(files_identity(files), lambda: [read_text_file(f, warn=True) for f in files])
+
+    def read() -> list[str]:
+        docs = [char_range_split(read_text_file(f, warn=True), split) for f in files]
+        if not any(docs):  # a file of a line or two: its last 10% starts on no new line
+            which = "the file is" if root.is_file() else f"with fewer than {HOLDOUT_EVERY} files, each is"
+            raise ConfigError(f"text:{path}: no {split} text: {which} split 90/5/5 by characters at line starts, "
+                              f"and has too few lines for a {split} part")
+        return docs
+
+    return Source(files_identity(files), read)
 
 
 WIKITEXT_SPLIT_FILE = {"train": "train", "validation": "valid", "test": "test"}

@@ -19,6 +19,7 @@ every mode and chunk size: the same seed gives the same text.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ from chimera_jax.generate.sampling import Sampling, next_tokens
 from chimera_jax.models.kv_cache import CacheLayout
 from chimera_jax.models.transformer import Decoder
 from chimera_jax.tokenizer import Tokenizer, get_tokenizer
+
+log = logging.getLogger(__name__)
 
 GREEDY = Sampling()
 DECODE_CHUNK = 16  # cached decoding steps per host call
@@ -88,12 +91,15 @@ class Generator:
 
     ``layout``: the attention layers' KV cache; None sizes a full cache per generation, a
     ``CacheLayout(window, sinks)`` keeps the first ``sinks`` and the last ``window`` tokens (generation past
-    the training context with constant memory).
+    the training context with constant memory). ``context``: the length the model was trained on, if known; the
+    first generation to run past it without a rolling cache logs a warning.
     """
 
-    def __init__(self, model: Decoder, tokenizer: Tokenizer, *, layout: CacheLayout | None = None):
+    def __init__(self, model: Decoder, tokenizer: Tokenizer, *, layout: CacheLayout | None = None,
+                 context: int | None = None):
         # Each layer, and each MoE expert, with arrays of its own (loading.py): a step reads weights in place.
-        self.model, self.tokenizer, self.layout = model, tokenizer, layout
+        self.model, self.tokenizer, self.layout, self.context = model, tokenizer, layout, context
+        self.warned_past_context = False
         params, self.static = eqx.partition(decoding_layout(model), eqx.is_array)
         # Compiled steps take flat lists of arrays: flattening the modules on every call costs more, at
         # this size, than the step itself.
@@ -109,7 +115,8 @@ class Generator:
         model, cfg = load_for_decoding(run_dir, step=step, depth=depth)
         if layout is not None:
             check_rolling_cache(cfg.model)
-        return cls(model, get_tokenizer(cfg.data.tokenizer), layout=layout)
+        return cls(model, get_tokenizer(cfg.data.tokenizer), layout=layout,
+                   context=cfg.model.max_seq_len or cfg.data.seq_len)
 
     # ---- input checks: each a one-line error, raised before anything compiles ----
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
@@ -128,6 +135,17 @@ class Generator:
         if self.max_positions is not None and longest + max_new_tokens > self.max_positions:
             raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} passes the "
                              f"model's {self.max_positions} learned positions")
+
+    def warn_past_context(self, longest: int, max_new_tokens: int, rolling: bool) -> None:
+        """A warning, the first time only, when a generation runs past the length the model was trained on without
+        a rolling cache to keep attention within it (the text may degrade there)."""
+        if rolling or self.context is None or longest + max_new_tokens <= self.context or self.warned_past_context:
+            return
+        self.warned_past_context = True
+        log.warning("a prompt of %d tokens plus max_new_tokens=%d runs past the %d tokens this model was trained on "
+                    "(model.max_seq_len): the text may degrade past there; a rolling KV cache (--window W, "
+                    "Generator(layout=CacheLayout(W))) keeps attention within it", longest, max_new_tokens,
+                    self.context)
 
     # ---- compiled pieces: lowered from shapes, so nothing runs (or is timed) while compiling ----
     def _compile(self, name: tuple, fn: Callable, *args, donate: tuple[int, ...] = (),
@@ -214,70 +232,110 @@ class Generator:
         """Continue each prompt by up to ``max_new_tokens`` tokens (fewer where EOS or a ``stop`` text comes
         first; the text is cut before it). ``decode_chunk``: cached steps per host call (the tokens are the
         same for any); ``on_text`` receives the text of a single prompt as it is made."""
-        single = isinstance(prompts, str)
-        ids = self.encode([prompts] if single else prompts)
+        ids, lengths, tokens = self._prompt_batch(prompts, max_new_tokens, decode_chunk, on_text)
+        self.warn_past_context(int(lengths.max()), max_new_tokens, rolling=cache and self.layout is not None)
+        key = jax.random.PRNGKey(seed)
+        rows = _Rows(self.tokenizer, ids, stop, None if ignore_eos else self.tokenizer.eos_id, on_text)
+        compiled_before = self.compile_s
+        run = (self._start_cached(tokens, lengths, key, max_new_tokens, sampling, decode_chunk) if cache
+               else self._start_recompute(tokens, lengths, key, max_new_tokens, sampling))
+        rows.add(np.asarray(run.first))
+        first_token_s = run.elapsed()
+        steps = _decode_rest(run, rows, max_new_tokens)
+        decode_s = run.elapsed() - first_token_s
+        rows.finish()
+        return Generation(texts=rows.texts, tokens=rows.tokens, prompt_tokens=lengths.tolist(),
+                          compile_s=round(self.compile_s - compiled_before, 3), prefill_ms=1000 * run.prefill_s,
+                          first_token_ms=1000 * first_token_s,
+                          decode_tokens_per_s=len(ids) * steps / decode_s if steps else None)
+
+    def _prompt_batch(self, prompts: str | Sequence[str], max_new_tokens: int, decode_chunk: int,
+                      on_text: Callable[[str], None] | None) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """``(ids, lengths, tokens)``: the prompts' ids, their lengths, and the batch right-padded to its bucket;
+        a bad input is a one-line ValueError, raised before anything compiles."""
+        ids = self.encode([prompts] if isinstance(prompts, str) else prompts)
         lengths = np.array([len(row) for row in ids])
         self.check_lengths(lengths.tolist(), max_new_tokens)
         if decode_chunk < 1:
             raise ValueError(f"decode_chunk={decode_chunk} must be >= 1")
         if on_text is not None and len(ids) > 1:
             raise ValueError("streaming (on_text) is for a single prompt")
-        batch, width = len(ids), bucket(int(lengths.max()))
-        tokens = np.zeros((batch, width), np.int32)
+        tokens = np.zeros((len(ids), bucket(int(lengths.max()))), np.int32)
         for row, prompt in zip(tokens, ids, strict=True):
             row[:len(prompt)] = prompt
-        key = jax.random.PRNGKey(seed)
-        rows = _Rows(self.tokenizer, ids, stop, None if ignore_eos else self.tokenizer.eos_id, on_text)
-        compiled_before = self.compile_s
+        return ids, lengths, tokens
 
-        if cache:
-            layout = self.layout or CacheLayout(window=CACHE_ROUND * math.ceil((width + max_new_tokens) / CACHE_ROUND))
-            # a generation shorter than a chunk runs its steps in one call of just that many
-            chunk = max(1, min(decode_chunk, max_new_tokens - 1))
-            prefill, sample, decode = self._cached_fns(batch, width, layout, sampling, chunk)
-            positions = np.where(np.arange(width) < lengths[:, None], np.arange(width), -1).astype(np.int32)
-            start = time.perf_counter()
-            last, state = prefill(self.params, tokens, positions)
-            jax.block_until_ready(state)
-            prefill_s = time.perf_counter() - start
-            token = sample(last, key, np.int32(0))
-            carry = (token, state, jnp.asarray(lengths, jnp.int32), jnp.ones((), jnp.int32))
-            call, per_call = partial(decode, self.params, key, np.int32(max_new_tokens)), chunk
-        else:
-            span = width + max_new_tokens
-            if self.max_positions is not None:
-                span = min(span, self.max_positions)
-            recompute = self._recompute_fn(batch, span, sampling)
-            buffer = np.pad(tokens, ((0, 0), (0, span - width)))
-            start = time.perf_counter()
-            first, carry = recompute(self.params, key,
-                                     (np.zeros(batch, np.int32), buffer, lengths.astype(np.int32), np.int32(0)))
-            token = first[0]
-            jax.block_until_ready(token)
-            prefill_s = time.perf_counter() - start
-            call, per_call = partial(recompute, self.params, key), 1
+    def _start_cached(self, tokens: np.ndarray, lengths: np.ndarray, key: jax.Array, max_new_tokens: int,
+                      sampling: Sampling, decode_chunk: int) -> _Started:
+        """The prompts prefilled into a fresh decoding state and the first tokens drawn; each later call runs a
+        chunk of steps over the state (``_cached_fns``)."""
+        batch, width = tokens.shape
+        layout = self.layout or CacheLayout(window=CACHE_ROUND * math.ceil((width + max_new_tokens) / CACHE_ROUND))
+        # a generation shorter than a chunk runs its steps in one call of just that many
+        chunk = max(1, min(decode_chunk, max_new_tokens - 1))
+        prefill, sample, decode = self._cached_fns(batch, width, layout, sampling, chunk)
+        positions = np.where(np.arange(width) < lengths[:, None], np.arange(width), -1).astype(np.int32)
+        start = time.perf_counter()
+        last, state = prefill(self.params, tokens, positions)
+        jax.block_until_ready(state)
+        prefill_s = time.perf_counter() - start
+        token = sample(last, key, np.int32(0))
+        carry = (token, state, jnp.asarray(lengths, jnp.int32), jnp.ones((), jnp.int32))
+        return _Started(token, carry, partial(decode, self.params, key, np.int32(max_new_tokens)), chunk, start,
+                        prefill_s)
 
-        rows.add(np.asarray(token))
-        first_token_s = time.perf_counter() - start
-        steps, queued = 0, []  # steps: tokens per row decoded after the first, up to max_new_tokens
-        while steps + 1 < max_new_tokens and not rows.all_done:
-            new, carry = call(carry)
-            kept = min(per_call, max_new_tokens - 1 - steps)  # a last chunk's steps past max_new_tokens are dropped
-            steps += kept
-            if rows.watching:  # EOS, a stop text or the stream needs the tokens on the host as they come
-                for row_tokens in np.asarray(new)[:kept]:
-                    rows.add(row_tokens)
-            else:  # else the calls run ahead of the host, which reads them all at the end
-                queued.append((new, kept))
-        for new, kept in jax.device_get(queued):
-            for row_tokens in new[:kept]:
+    def _start_recompute(self, tokens: np.ndarray, lengths: np.ndarray, key: jax.Array, max_new_tokens: int,
+                         sampling: Sampling) -> _Started:
+        """The first tokens drawn by running the padded prompts through the whole model; so is each later one, a
+        call each, over a buffer that holds the prompts and the tokens drawn so far (``_recompute_fn``)."""
+        batch, width = tokens.shape
+        span = width + max_new_tokens
+        if self.max_positions is not None:
+            span = min(span, self.max_positions)
+        recompute = self._recompute_fn(batch, span, sampling)
+        buffer = np.pad(tokens, ((0, 0), (0, span - width)))
+        start = time.perf_counter()
+        first, carry = recompute(self.params, key,
+                                 (np.zeros(batch, np.int32), buffer, lengths.astype(np.int32), np.int32(0)))
+        token = first[0]
+        jax.block_until_ready(token)
+        return _Started(token, carry, partial(recompute, self.params, key), 1, start, time.perf_counter() - start)
+
+
+@dataclass
+class _Started:
+    """A generation whose first tokens are drawn: ``call(carry) -> (tokens [per_call, batch], carry)`` draws the
+    next ``per_call`` tokens of every row on the device. Timed from ``start``, when the prefill began (compiling
+    done)."""
+
+    first: jax.Array  # [batch]: each row's first new token
+    carry: tuple
+    call: Callable
+    per_call: int
+    start: float
+    prefill_s: float
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _decode_rest(run: _Started, rows: _Rows, max_new_tokens: int) -> int:
+    """Draw each row's tokens after the first until every row is done or has ``max_new_tokens``, handing them to
+    ``rows``; returns the steps counted per row (a last call's steps past ``max_new_tokens`` are dropped)."""
+    steps, queued, carry = 0, [], run.carry
+    while steps + 1 < max_new_tokens and not rows.all_done:
+        new, carry = run.call(carry)
+        kept = min(run.per_call, max_new_tokens - 1 - steps)
+        steps += kept
+        if rows.watching:  # EOS, a stop text or the stream needs the tokens on the host as they come
+            for row_tokens in np.asarray(new)[:kept]:
                 rows.add(row_tokens)
-        decode_s = time.perf_counter() - start - first_token_s
-        rows.finish()
-        return Generation(texts=rows.texts, tokens=rows.tokens, prompt_tokens=lengths.tolist(),
-                          compile_s=round(self.compile_s - compiled_before, 3), prefill_ms=1000 * prefill_s,
-                          first_token_ms=1000 * first_token_s,
-                          decode_tokens_per_s=batch * steps / decode_s if steps else None)
+        else:  # else the calls run ahead of the host, which reads them all at the end
+            queued.append((new, kept))
+    for new, kept in jax.device_get(queued):
+        for row_tokens in new[:kept]:
+            rows.add(row_tokens)
+    return steps
 
 
 class _Rows:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from chimera_jax import data
 from chimera_jax.config import ConfigError, RunConfig, flat_fields, from_yaml, replace, resolve_config, to_yaml
+from chimera_jax.errors import UserError
 from chimera_jax.eval.perplexity import evaluate, model_batch_nll
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.models.params import format_report, param_report
@@ -41,8 +42,11 @@ from chimera_jax.train.step import LM_LOSS, Loss, make_train_step
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class NonFiniteLoss(UserError, RuntimeError):
+    """Training diverged: a step's loss was not finite. The last good state is saved first, and a command stops with
+    one line and exit status 3 (cli/entry.py)."""
+
+    status = 3
 
 
 def validation_protocol(cfg: RunConfig) -> EvalProtocol:
@@ -208,7 +212,8 @@ def train_steps(cfg: RunConfig, objective: Objective, mesh: Mesh, state: Trainer
                 state = new_state  # the old state was donated to the step
                 if not math.isfinite(loss):
                     ckpt.save(state, cfg)  # a non-finite step leaves the state as it was: the last good one
-                    raise NonFiniteLoss(f"non-finite loss ({loss}) at step {step + 1}; the last good state "
+                    raise NonFiniteLoss(f"non-finite loss ({loss}) at step {step + 1}: training diverged (a lower "
+                                        "optim.lr or more optim.warmup_steps may help); the last good state "
                                         f"(step {int(state.step)}) is saved in {ckpt.directory}")
                 done = step + 1
                 steps_since += 1
