@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup setup-torch train test lint bench clean
+.PHONY: setup setup-torch train test test-fast lint bench clean
 
 # The core package: enough to train and evaluate.
 $(VENV)/.core: pyproject.toml
@@ -30,12 +30,17 @@ train: setup
 	$(PY) scripts/train.py --model dense
 
 # Two pytest workers (xdist, whole files per worker): most of the suite's time is XLA compiling, one core each.
-# tests/multidevice needs 8 host devices, which its conftest sets before JAX starts: a process of its own.
+# Each tests/multidevice file runs in a pytest process of its own with 8 host devices, started by the worker that
+# takes the file (tests/multidevice/conftest.py); the rest keeps one device per process.
 # --durations: the slowest tests, for keeping the suite inside CI's time budget.
-PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q --durations=15
+PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q -n 2 --dist loadfile
 test: setup-torch
-	$(PYTEST) -n 2 --dist loadfile --ignore=tests/multidevice
-	$(PYTEST) -n 2 --dist loadfile tests/multidevice
+	$(PYTEST) --durations=15
+
+# The edit-test loop: the tests not marked slow (training many steps, large compiles, torch and lm-eval parity,
+# the notebook, the 8-device tests), under 3 minutes on the 2-core machine. `make test` runs them all.
+test-fast: setup-torch
+	$(PYTEST) -m "not slow" --durations=5
 
 lint: setup-torch
 	$(VENV)/bin/ruff check chimera_jax scripts tests

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import jax
 import pytest
+from helpers import TINY_YAML
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from chimera_jax.config import RunConfig, load_config  # noqa: E402
-
-TINY_YAML = """
-name: tiny
-model: {d_model: 32, n_layers: 2, n_heads: 2}
-data: {corpus: bbc_news, tokenizer: byte, seq_len: 32}
-optim: {lr: 3.0e-3, warmup_steps: 5}
-train: {steps: 20, batch_size: 4, log_every: 1, eval_every: 10, eval_batches: 2, checkpoint_every: 10,
-        progress: false}
-"""
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ def qkv_and_cotangent(B: int, T: int, H: int, G: int, hd: int):
 @pytest.mark.parametrize("block", [3, 4, 16], ids=["ragged_last_block", "even_blocks", "one_block"])
 @pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "right_padding"])
+@pytest.mark.slow
 def test_block_causal_attention_equals_the_reference(block, n_kv_heads, padded):
     """Same output and gradients of q, k and v as the unblocked reference, for any block size."""
     B, T = 2, 12

@@ -30,6 +30,7 @@ def _losses(run_dir) -> dict[int, float]:
     return {m["step"]: m["loss"] for m in read_metrics(run_dir, "train")}
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_uninterrupted_losses(tiny_config, tmp_path):
     steps = ["--train.steps", "60", "--train.eval_every", "30"]
     reference = tiny_config(*steps, run_dir=tmp_path / "reference")
@@ -65,6 +66,7 @@ def _skeleton(cfg):
     return cfg, init_state(cfg, make_optimizer(cfg.optim, cfg.train.steps))
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_with_warning(two_checkpoints, caplog):
     cfg, skeleton = _skeleton(two_checkpoints)
     for f in (cfg.run_dir / "checkpoints" / "20" / "model").rglob("*"):
@@ -76,6 +78,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_warning(two_checkpoints, capl
     assert "checkpoint 20" in caplog.text
 
 
+@pytest.mark.slow
 def test_model_config_mismatch_is_named(two_checkpoints):
     cfg, _ = _skeleton(two_checkpoints)
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=64))
@@ -94,6 +97,7 @@ def test_a_changed_seq_len_is_named_as_the_flag_not_the_derived_max_seq_len(tiny
         check_model_config(saved, explicit, tmp_path)
 
 
+@pytest.mark.slow
 def test_execution_options_are_not_a_model_mismatch(two_checkpoints):
     """Unrolling or rematerialising the layer scan changes execution only: the checkpoint restores and gives
     the same logits."""
@@ -114,6 +118,7 @@ def test_load_model_takes_config_from_checkpoint(two_checkpoints):
     assert cfg.model.d_model == 32 and model.embed.weight.shape == (256, 32)
 
 
+@pytest.mark.slow
 def test_model_loads_without_the_optimizer_item(two_checkpoints):
     """Evaluation reads the model item alone: with the optimizer's gone it gives the full restore's logits,
     while resuming from that checkpoint fails naming the missing item."""

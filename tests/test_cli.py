@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import chimera_jax.bench
+from chimera_jax.bench import BENCHES
 from chimera_jax.cli import bench, entry
-from chimera_jax.cli.bench import BENCHES, bench_module
+from chimera_jax.cli.bench import bench_module
 from chimera_jax.cli.compare import CompareArgs
 from chimera_jax.cli.eval import EvalArgs
 from chimera_jax.cli.experiment import ExperimentArgs
@@ -47,7 +50,7 @@ def test_documented_spellings_parse_to_the_dataclass():
 
 
 def test_a_bare_switch_is_true_and_a_bad_argument_is_a_one_line_config_error():
-    from chimera_jax.cli.bench_moe import MoEBenchArgs
+    from chimera_jax.bench.moe import MoEBenchArgs
 
     args = parse(MoEBenchArgs, ["--skip-train", "--blocks", "16", "32", "--cpu-time", "false"])
     assert (args.skip_train, args.blocks, args.cpu_time, args.skip_layers) == (True, [16, 32], False, False)
@@ -112,6 +115,7 @@ def test_debug_shows_the_traceback(sandbox):
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("kind", ["script", "console"])
+@pytest.mark.slow
 def test_every_command_answers_help(sandbox, command, kind):
     program = [sys.executable, str(REPO / "scripts" / f"{command}.py")] if kind == "script" else [str(console(command))]
     proc = sandbox(program, "--help")
@@ -120,6 +124,23 @@ def test_every_command_answers_help(sandbox, command, kind):
     assert f"chimera-{command.replace('_', '-')}" in usage and f"scripts/{command}.py" in usage
 
 
+RETIRED = {"experiment_ti"}  # quoted in the docs as history: replaced by `scripts/experiment.py time_indexed`
+
+
+def test_every_documented_command_is_one_whose_help_is_tested():
+    """Every command the README, docs/*.md and the Makefile show (``scripts/NAME.py``, ``chimera-NAME``, and the
+    bench after ``bench``) is one that the --help tests above run: a script, a console command, a bench."""
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", REPO / "Makefile", *(REPO / "docs").glob("*.md")])
+    documented = set(re.findall(r"\bscripts/(\w+)\.py", text)) | {
+        name.replace("-", "_") for name in re.findall(r"\bchimera-([a-z]+(?:-[a-z]+)*)", text)}
+    scripts = {path.stem for path in (REPO / "scripts").glob("*.py")}
+    assert documented - RETIRED == set(COMMANDS) == scripts and not RETIRED & scripts
+    assert set(re.findall(r"(?:scripts/bench\.py|chimera-bench) ([a-z]\w*)", text)) <= set(BENCHES)
+    consoles = re.findall(r"^(chimera-[a-z-]+) = ", (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert sorted(consoles) == sorted(f"chimera-{c.replace('_', '-')}" for c in COMMANDS)
+
+
+@pytest.mark.slow
 def test_eval_reproduces_the_loops_last_validation_loss(tiny_config, tmp_path, capsys):
     from chimera_jax.cli import eval as eval_cli
     from chimera_jax.train.loop import train
@@ -170,22 +191,24 @@ def test_export_then_eval_hf_and_compare_a_run(tiny_config, tmp_path):
 def test_bench_help_is_the_overview_or_the_named_benchs_alone(name, monkeypatch, capsys):
     monkeypatch.setenv("CHIMERA_MALLOC", "off")  # no re-execution of the test process
     monkeypatch.setattr(sys, "argv", ["scripts/bench.py", *([name] if name else []), "--help"])
+    overview = chimera_jax.bench.__doc__
     if name is None:
         entry.launch("bench")
-        assert capsys.readouterr().out == bench.__doc__ + "\n"  # once, naming every bench
-        assert all(f"chimera-bench {b} [" in bench.__doc__ for b in BENCHES)
+        assert capsys.readouterr().out == overview + "\n"  # once, naming every bench
+        assert all(f"chimera-bench {b} [" in overview for b in BENCHES)
         return
     with pytest.raises(SystemExit) as exit_:  # the bench's parser lists its flags and exits
         entry.launch("bench")
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and out.startswith(bench_module(name).__doc__) and "usage:" in out
-    assert bench.__doc__.splitlines()[0] not in out
+    assert overview.splitlines()[0] not in out
 
 
+@pytest.mark.slow
 def test_moe_bench_runs_every_section_and_times_one_layer_once(tmp_path, capsys, monkeypatch):
     """A smoke run of ``chimera-bench moe --quick``; the train steps (compiles of seconds each) are recorded instead
     of timed: one layer scanned or unrolled is one program, timed once."""
-    from chimera_jax.cli import bench_moe
+    from chimera_jax.bench import moe as bench_moe
 
     steps = []
 

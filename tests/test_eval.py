@@ -99,6 +99,7 @@ def test_an_unresolved_protocol_is_refused():
         evaluate(lambda x, y, w: 0.0, stream, EvalProtocol(seq_len=4))
 
 
+@pytest.mark.slow
 def test_non_overlapping_perplexity_equals_direct_computation():
     cfg = ModelConfig(vocab_size=50, max_seq_len=8, d_model=16, n_layers=1, n_heads=2)
     model = build_model(cfg, jax.random.PRNGKey(0))

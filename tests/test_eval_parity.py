@@ -17,6 +17,8 @@ from chimera_jax.train.checkpoint import load_run_config
 from chimera_jax.train.loop import train, validation_protocol
 from chimera_jax.train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # torch parity: trained runs scored in JAX and in transformers
+
 TOL = 1e-4
 LLAMA = ("--model.positions", "rope", "--model.norm", "rmsnorm", "--model.ffn", "swiglu", "--model.bias", "false")
 RUNS = {"gpt2": ("--data.tokenizer", "gpt2"), "byte": ("--data.tokenizer", "byte", *LLAMA)}  # GPT-2 / Llama exports

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY_YAML
+from helpers import TINY_YAML
 
 from chimera_jax.bridge.convert import export_run
 from chimera_jax.cli import finetune as finetune_cli
@@ -143,6 +143,7 @@ def _sft_batch(n: int = 6):
     return tuple(map(jnp.asarray, rows))
 
 
+@pytest.mark.slow
 def test_sft_loss_is_the_token_nll_of_the_response_tokens_only(pretrained):
     model, _ = load_model(pretrained)
     inputs, targets, mask = _sft_batch()
@@ -158,6 +159,7 @@ def test_sft_loss_is_the_token_nll_of_the_response_tokens_only(pretrained):
     assert float(sft_loss(model, (inputs, response, mask), None, jnp.float32, None)[0]) != pytest.approx(float(loss))
 
 
+@pytest.mark.slow
 def test_dpo_loss_starts_at_log2_and_its_gradient_is_the_formulas(pretrained):
     model, _ = load_model(pretrained)
     chosen, rejected = (tuple(map(jnp.asarray, rows)) for rows in encode_records(
@@ -181,6 +183,7 @@ def test_dpo_loss_starts_at_log2_and_its_gradient_is_the_formulas(pretrained):
     np.testing.assert_allclose(g_rejected, beta * jax.nn.sigmoid(-margin) / 3, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sft_lowers_the_held_out_response_loss_and_resumes_exactly(pretrained, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_records(32))
     cfg = ft_config(pretrained, tmp_path, "sft", data, "--train.steps", "24", "--train.eval_every", "12",
@@ -208,6 +211,7 @@ def test_sft_lowers_the_held_out_response_loss_and_resumes_exactly(pretrained, t
     assert f"{summary['val_loss']:.4f}" in line and read_metrics(cfg.run_dir) == again
 
 
+@pytest.mark.slow
 def test_dpo_raises_held_out_preference_accuracy(pretrained, tmp_path):
     data = write_jsonl(tmp_path / "dpo.jsonl", dpo_records(32))
     cfg = ft_config(pretrained, tmp_path, "dpo", data, "--train.steps", "16", "--train.eval_every", "16",
@@ -263,6 +267,7 @@ def test_relative_source_and_data_are_recorded_absolute(pretrained, exported, tm
     assert (ft.source, ft.data) == ("smollm2", "some/hub-dataset")
 
 
+@pytest.mark.slow
 def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_run(
         pretrained, exported, datasets_cache, token_cache, tmp_path):
     """The same model (imported from its HF export) on the same records (a parquet dataset folder with other field
@@ -299,6 +304,7 @@ def test_sft_from_the_exported_hf_folder_and_an_hf_dataset_folder_matches_the_ru
     assert evals[1]["bits_per_byte"] == pytest.approx(evals[0]["bits_per_byte"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_dpo_from_the_hf_folder_takes_it_as_the_reference_and_keeps_its_tokenizer(exported, tmp_path, monkeypatch):
     """The run keeps the folder's tokenizer: once the folder is moved away, and the run itself too, it still loads,
     gives the folder's ids and generates; resuming it, which needs the folder again (DPO's reference), says so in

@@ -20,6 +20,8 @@ from chimera_jax.generate.engine import Generator  # noqa: E402
 from chimera_jax.models.builder import build_model  # noqa: E402
 from chimera_jax.tokenizer import get_tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torch parity: generation against transformers
+
 PROMPTS = ["Ad sales boost Time Warner profit", "Dollar gains"]
 NEW_TOKENS = 12
 SHAPES = {

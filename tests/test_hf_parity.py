@@ -40,6 +40,8 @@ from chimera_jax.tokenizer import get_tokenizer  # noqa: E402
 from chimera_jax.train.checkpoint import load_model  # noqa: E402
 from chimera_jax.train.loop import train  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torch parity: transformers models, SmolLM2-135M
+
 TOL = 1e-4  # f32 logits
 VOCAB = 97
 

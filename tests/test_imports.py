@@ -9,7 +9,8 @@ packages import each other without a cycle, and no module takes part in an impor
     3  train                                 optimizer, step, loop, checkpoints, mesh
     2  eval                                  the scoring core: protocol, windows, perplexity, rolling-cache scoring
     1  models, data                          Equinox modules and losses; corpora, token streams, batches
-    0  config, flags, tokenizer, hf, errors, optional, malloc   settings, names and their parsing
+    0  config, flags, tokenizer, hf, errors, optional, malloc, timing, markdown
+                                         settings, names and their parsing; ms per call; Markdown tables
 
 Every import counts, at the top of a file or inside a function: a lazy import hides an arrow, it does not
 remove it. ``from a import b`` is an edge to the module ``a.b`` when there is one, else to ``a``.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chimera_jax"
 LAYERS = [
-    {"config", "flags", "tokenizer", "hf", "errors", "optional", "malloc"},
+    {"config", "flags", "tokenizer", "hf", "errors", "optional", "malloc", "timing", "markdown"},
     {"models", "data"},
     {"eval"},
     {"train"},

@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from conftest import TINY_YAML  # noqa: E402
+from helpers import TINY_YAML  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from chimera_jax.cli.lm_eval import main  # noqa: E402
@@ -26,6 +26,8 @@ from chimera_jax.eval.perplexity import evaluate_model  # noqa: E402
 from chimera_jax.eval.protocol import EvalProtocol  # noqa: E402
 from chimera_jax.harness.model import TASKS_DIR, ChimeraLM  # noqa: E402
 from chimera_jax.train.checkpoint import load_model  # noqa: E402
+
+pytestmark = pytest.mark.slow  # lm-eval: a trained run through the harness and transformers
 
 REPO = Path(__file__).resolve().parent.parent
 SEQ_LEN = 32  # the model's length: every BBC prompt is longer, so both backends truncate it from the left
@@ -266,16 +268,16 @@ def test_byte_level_generation_stops_at_the_end_of_text_in_both_backends(byte_ex
 
 
 def test_when_the_hf_model_fails_the_scored_table_is_printed_then_one_line(byte_export, monkeypatch, capsys):
-    import chimera_jax.cli.lm_eval as cli
+    import chimera_jax.harness.run as harness_run
 
-    def hf_fails(label, model, *args):
+    def hf_fails(label, model, *args, **kwargs):
         if model == "hf":
             raise RuntimeError("tokenizer exploded\nsecond line")
-        return real(label, model, *args)
+        return real(label, model, *args, **kwargs)
 
     byte_run, folder = byte_export
-    real = cli.evaluate
-    monkeypatch.setattr(cli, "evaluate", hf_fails)
+    real = harness_run.evaluate
+    monkeypatch.setattr(harness_run, "evaluate", hf_fails)
     with pytest.raises(ConfigError, match=f"hf:{folder}: lm-eval's hf backend failed \\(RuntimeError: tokenizer"):
         main(["--checkpoint", byte_run, "--hf", str(folder), "--tasks", "bbc_topic", "--limit", "2",
               "--batch-size", "2", "--device", "cpu"])

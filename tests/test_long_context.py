@@ -46,6 +46,7 @@ def random_tokens(shape: tuple[int, ...], seed: int = 2) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["rope", "ti_ssm"])
+@pytest.mark.slow
 def test_a_window_covering_the_sequence_is_plain_evaluation(name):
     model = model_of(name)
     tokens_stream = data.TokenStream("random", random_tokens((24 * 3 + 1,)), np.full(64, 1, np.int64))
@@ -119,6 +120,7 @@ def test_sink_logits_at_minus_infinity_are_no_sinks():
 
 
 @pytest.mark.parametrize("name", ["rope", "ti_ssm"])
+@pytest.mark.slow
 def test_the_state_does_not_grow_with_the_text(name):
     model = model_of(name)
     shapes = lambda tree: jax.tree_util.tree_map(lambda a: a.shape, tree)  # noqa: E731

@@ -55,6 +55,7 @@ def _plain_loss(model, inputs, targets):
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.slow
 def test_train_loss_equals_the_plain_one(tiny_config, tied):
     """The step's loss (features -> fused head) and its gradients equal the model's logits -> token_nll."""
     cfg = resolve_config(tiny_config("--model.tie_embeddings", str(tied).lower()), 256)

@@ -33,6 +33,7 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("kw", VARIANTS)
+@pytest.mark.slow
 def test_causal(kw):
     model = build_model(tiny(**kw), jax.random.PRNGKey(0))
     tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 61)
@@ -55,6 +56,7 @@ def test_key_padding_mask_hides_padded_keys():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.slow
 def test_matmul_gradients_are_those_of_the_plain_product(dtype):
     """``layers.matmul``'s own backward pass gives ``x @ w``'s value and gradients, batch axes and all."""
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -70,6 +72,7 @@ def test_matmul_gradients_are_those_of_the_plain_product(dtype):
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("padded", [False, True], ids=["no_mask", "right_padding"])
+@pytest.mark.slow
 def test_fused_attention_equals_the_reference(n_kv_heads, padded):
     """The fused core (on CPU ``cpu_attention``, whose backward pass recomputes the probabilities) and the Haliax
     reference: same output and gradients (f32)."""
@@ -95,6 +98,7 @@ def test_fused_attention_equals_the_reference(n_kv_heads, padded):
         assert not np.allclose(fused_attention(q, *kv, key_mask)[1, 4:], fused_attention(q, *kv, None)[1, 4:])
 
 
+@pytest.mark.slow
 def test_rope_sees_only_relative_positions():
     """Shifting every position leaves rotary attention unchanged; another order of positions does not."""
     attention = Attention(32, 4, 2, key=jax.random.PRNGKey(0), rope_theta=100.0)
@@ -106,6 +110,7 @@ def test_rope_sees_only_relative_positions():
     assert shift_error < 1e-6 < 1e-3 * np.abs(base).max() < stretched
 
 
+@pytest.mark.slow
 def test_scan_equals_unrolled_layers():
     """The scanned stack gives exactly what running each layer's weights in turn gives."""
     model = build_model(tiny(), jax.random.PRNGKey(0))
@@ -153,6 +158,7 @@ def reference_loss_and_grads(family: str):
 
 
 @pytest.mark.parametrize("family, execution", EXECUTION_CASES.values(), ids=EXECUTION_CASES.keys())
+@pytest.mark.slow
 def test_execution_options_change_nothing_but_speed(family, execution):
     """The training loss (dropout on, same key) and the gradients of every parameter agree with the
     one-layer-per-step scan without rematerialisation (4 layers)."""
@@ -163,6 +169,7 @@ def test_execution_options_change_nothing_but_speed(family, execution):
         np.testing.assert_allclose(g, ref, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_remat_keeps_less_for_the_backward_pass():
     """The compiled gradient's scratch memory: block (each layer's input only) < dots (plus its matmul
     outputs) < none (every activation). Were remat not applied, the three would be equal."""
@@ -177,6 +184,7 @@ def test_remat_keeps_less_for_the_backward_pass():
     assert scratch("block") < scratch("dots") < scratch("none")
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
     model = build_model(tiny(dropout=0.5), jax.random.PRNGKey(0))
     tokens = jnp.ones((1, 8), jnp.int32)

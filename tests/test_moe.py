@@ -58,6 +58,7 @@ DISPATCH_CASES = [  # E, k, (B, T) with an odd token count, ffn, bias, gate
 
 
 @pytest.mark.parametrize("E,k,shape,ffn,bias,gate", DISPATCH_CASES)
+@pytest.mark.slow
 def test_sparse_dispatches_equal_dense_in_outputs_and_gradients(E, k, shape, ffn, bias, gate):
     """capacity (sized so nothing drops) and dropless reproduce the dense oracle: output, aux loss and
     the gradient of every parameter (router and experts) and of the input."""
@@ -89,6 +90,7 @@ def test_sparse_dispatches_equal_dense_in_outputs_and_gradients(E, k, shape, ffn
 
 @pytest.mark.parametrize("sizes", [[3, 0, 7, 1, 2], [13, 0, 0, 0, 0], [3, 2, 3, 2, 3]],
                          ids=["mixed", "all_on_one", "within_fair_share"])
+@pytest.mark.slow
 def test_grouped_ffns_agree(sizes):
     """The GPU/TPU grouped matmul (ragged_dot), the block scan and the CPU fair-share split give the same
     values and gradients: empty groups, groups spanning several blocks, rows past the fair share (3 of
@@ -107,6 +109,7 @@ def test_grouped_ffns_agree(sizes):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_grouped_ffns_leave_the_routed_rows_alone_with_padding_rows_past_the_groups():
     """Expert parallelism's receive buffers end in padding rows (past sum(group_sizes)): every grouped FFN gives
     the routed rows the values and gradients it gives them without the padding, the fair share sized by
@@ -196,6 +199,7 @@ def test_balance_and_z_loss_closed_forms():
     assert float(idle["load_max_min_ratio"]) == pytest.approx(n)  # an idle expert counts as one assignment
 
 
+@pytest.mark.slow
 def test_aux_loss_is_the_weighted_sum():
     cfg = moe_cfg(num_experts=4, top_k=2, balance_loss_weight=0.3, z_loss_weight=0.07)
     _, aux = make_ffn(cfg, jax.random.PRNGKey(0), moe=True)(jnp.ones((1, 3, 16)), inference=True)
@@ -217,6 +221,7 @@ def test_noise_and_jitter_only_in_training_and_seeded():
     assert not np.allclose(trained, other_key)
 
 
+@pytest.mark.slow
 def test_tiny_moe_model_trains_and_compiles_once():
     """MoE every 2nd layer (groups in the scanned stack), dropless; the step traces once and the loss
     falls on a fixed batch. Per-layer routing metrics come out of the step."""

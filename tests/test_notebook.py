@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from chimera_jax.train.loop import train
+
+pytestmark = pytest.mark.slow  # trains a run and executes the notebook
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "modulation.ipynb"

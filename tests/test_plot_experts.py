@@ -14,6 +14,7 @@ MOE = ("--model.moe.enabled", "true", "--model.moe.num_experts", "4", "--model.m
        "--model.moe.d_ff", "32")
 
 
+@pytest.mark.slow
 def test_loads_from_metrics_and_checkpoint_are_shares_per_layer_and_plot(tiny_config):
     cfg = tiny_config("--train.steps", "6", "--train.eval_every", "6", "--train.checkpoint_every", "6", *MOE)
     train(cfg)
@@ -33,6 +34,7 @@ def test_loads_from_metrics_and_checkpoint_are_shares_per_layer_and_plot(tiny_co
         plot_experts.main([str(cfg.run_dir), "--step", "99"])
 
 
+@pytest.mark.slow
 def test_a_dense_run_is_refused_with_a_clear_message(tiny_config):
     cfg = tiny_config("--train.steps", "2", "--train.eval_every", "2", "--train.checkpoint_every", "2")
     train(cfg)

@@ -38,6 +38,7 @@ SCANS = [("associative", 8), ("chunked", 1), ("chunked", 4), ("chunked", 16), ("
 
 
 @pytest.mark.parametrize(("method", "chunk"), SCANS)
+@pytest.mark.slow
 def test_scans_agree_with_the_sequential_reference_in_outputs_and_all_gradients(method, chunk):
     u, dt, A, B, C = scan_inputs(jax.random.PRNGKey(0))
     h0 = jax.random.normal(jax.random.PRNGKey(5), (u.shape[0], *A.shape))
@@ -58,6 +59,7 @@ def test_scans_agree_with_the_sequential_reference_in_outputs_and_all_gradients(
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 16])
+@pytest.mark.slow
 def test_ssd_chunks_of_matmuls_agree_with_the_diagonal_scan_they_are_a_case_of(chunk):
     """One Δ and A per head of 3 channels, repeated over the head's channels and the state: the sequential
     diagonal scan is the reference for the values and the gradients of every input, A per head included."""

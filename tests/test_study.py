@@ -45,6 +45,7 @@ def study_file(tmp_path, text: str = STUDY):
     return str(path)
 
 
+@pytest.mark.slow
 def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_training(tmp_path, token_cache,
                                                                                          monkeypatch, caplog, capsys):
     out = tmp_path / "out"

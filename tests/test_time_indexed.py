@@ -124,6 +124,7 @@ def test_param_counts_match_closed_forms(mixer, gate):
 
 
 @pytest.mark.parametrize("mixer", ["attention", "ssm"])
+@pytest.mark.slow
 def test_step_compiles_once_and_loss_falls(mixer):
     cfg = RunConfig(model=tiny(mixer), optim=OptimConfig(lr=1e-2, warmup_steps=0),
                     train=TrainConfig(steps=30, batch_size=4))
