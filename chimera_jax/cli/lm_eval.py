@@ -25,7 +25,6 @@ from pathlib import Path
 
 from chimera_jax.cli.args import check_run_dir
 from chimera_jax.config import ConfigError
-from chimera_jax.errors import UserError
 from chimera_jax.flags import parse
 
 
@@ -63,79 +62,6 @@ def check(args: LMEvalArgs) -> None:
             raise ConfigError(f"include_path: no such folder {folder}")
 
 
-def hf_model_args(spec: str, device: str | None) -> dict:
-    """lm-eval ``hf`` model arguments for a local HF folder, a ``.gguf`` file or a packaged name, with its
-    tokenizer loaded here (``hf_tokenizer_for_lm_eval``: one without an EOS gets ours)."""
-    from chimera_jax.bridge.torch_utils import default_device
-    from chimera_jax.harness.model import hf_tokenizer_for_lm_eval
-    from chimera_jax.hf.spec import PACKAGED_GGUF, pretrained_args
-
-    if spec not in PACKAGED_GGUF and not Path(spec).exists():
-        raise ConfigError(f"hf: {spec} is not a local HF folder, a .gguf file, or one of {', '.join(PACKAGED_GGUF)}")
-    try:
-        source, extra = pretrained_args(spec)
-    except UserError as err:
-        raise ConfigError(f"hf: {err}") from None
-    return {"pretrained": source, **extra, "tokenizer": hf_tokenizer_for_lm_eval(spec), "dtype": "float32",
-            "device": device or default_device()}
-
-
-def task_manager(args: LMEvalArgs):
-    """lm-eval's ``TaskManager`` over our tasks and ``--include-path``, and over lm-eval's own only when a task
-    is not among those (indexing its thousands of configs takes a while); unknown task names are an error."""
-    from lm_eval.tasks import TaskManager
-
-    from chimera_jax.harness.model import TASKS_DIR
-
-    paths = [str(TASKS_DIR), *args.include_path]
-    manager = TaskManager(include_path=paths, include_defaults=False)
-    if any(t not in manager.all_tasks for t in args.tasks):
-        manager = TaskManager(include_path=paths)
-    unknown = [t for t in args.tasks if t not in manager.all_tasks]
-    if unknown:
-        raise ConfigError(f"tasks: unknown task(s) {', '.join(unknown)} (list them with: lm-eval ls tasks)")
-    return manager
-
-
-def evaluate(label: str, model: str, model_args: dict, args: LMEvalArgs, manager) -> dict:
-    """One model through ``simple_evaluate`` (samples logged), saved under ``--out`` as lm-eval saves."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
-    from lm_eval.utils import sanitize_model_name
-
-    tracker = EvaluationTracker(output_path=args.out)
-    results = lm_eval.simple_evaluate(
-        model=model, model_args=model_args, tasks=list(args.tasks), num_fewshot=args.num_fewshot,
-        limit=args.limit, batch_size=args.batch_size, log_samples=True, task_manager=manager,
-        evaluation_tracker=tracker)
-    tracker.general_config_tracker.model_name = label  # the folder results land in: the model, not a random id
-    tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(label)
-    samples = results.pop("samples")
-    tracker.save_results_aggregated(results=results, samples=samples)
-    for task in results["configs"]:
-        tracker.save_results_samples(task_name=task, samples=samples[task])
-    return {**results, "samples": samples}
-
-
-def summary_table(runs: dict[str, dict]) -> str:
-    """A Markdown table: one row per model and task, every metric lm-eval reported with its stderr."""
-    metrics = sorted({key.split(",")[0] for r in runs.values() for task in r["results"].values() for key in task
-                      if "," in key and "_stderr" not in key})
-    lines = ["| model | task | n-shot | examples | " + " | ".join(metrics) + " |",
-             "|---|---|---|---|" + "---|" * len(metrics)]
-    for label, r in runs.items():
-        for task, values in r["results"].items():
-            cells = []
-            for m in metrics:
-                key = next((k for k in values if k.split(",")[0] == m), None)
-                stderr = values.get(key.replace(m, f"{m}_stderr", 1)) if key else None
-                cells.append("" if key is None else f"{values[key]:.4f}" + (
-                    f" ± {stderr:.4f}" if isinstance(stderr, float) else ""))
-            n = r.get("n-samples", {}).get(task, {}).get("effective", "")
-            lines.append(f"| {label} | {task} | {r['n-shot'].get(task, '')} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str]) -> dict[str, dict]:
     """Run the command; returns lm-eval's results (with ``samples``) per model label."""
     args = parse(LMEvalArgs, argv)
@@ -146,18 +72,21 @@ def main(argv: Sequence[str]) -> dict[str, dict]:
         raise ConfigError("lm-eval is not installed: pip install -e '.[torch,eval]'") from None
     from lm_eval.utils import make_table
 
+    from chimera_jax.harness.run import evaluate, hf_model_args, summary_table, task_manager
+
     models = {}
     if args.checkpoint is not None:
         model_args = {"checkpoint": args.checkpoint, "step": args.step, "max_length": args.max_length}
         models[f"chimera:{args.checkpoint}"] = ("chimera", {k: v for k, v in model_args.items() if v is not None})
     if args.hf is not None:
         models[f"hf:{args.hf}"] = ("hf", hf_model_args(args.hf, args.device))
-    manager = task_manager(args)
+    manager = task_manager(args.tasks, args.include_path)
 
     runs = {}
     for label, (model, model_args) in models.items():
         try:
-            runs[label] = evaluate(label, model, model_args, args, manager)
+            runs[label] = evaluate(label, model, model_args, manager, tasks=args.tasks, num_fewshot=args.num_fewshot,
+                                   limit=args.limit, batch_size=args.batch_size, out=args.out)
         except Exception as err:  # lm-eval or transformers on a foreign model: keep what was already scored
             if model != "hf":
                 raise
