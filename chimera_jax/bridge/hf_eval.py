@@ -60,8 +60,8 @@ def load_for_eval(spec: str, protocol: EvalProtocol, device: str | None = None, 
 
 def evaluate_hf(spec: str, protocol: EvalProtocol, *, device: str | None = None, dtype: str = "float32",
                 repeats: int = 3, progress: bool = False) -> dict:
-    """Every figure of seed 000's table for one model in torch: a chimera run directory (exported) or an HF
-    model (hub name, folder, ``.gguf``, ``smollm2``).
+    """Every figure of the comparison table (bridge/compare.py) for one model in torch: a chimera run directory
+    (exported) or an HF model (hub name, folder, ``.gguf``, ``smollm2``).
 
     Unset protocol fields are a run's own; an HF model needs ``corpus`` and ``seq_len``. tokens/s is
     measured at ``batch_size`` windows of ``seq_len`` (see ``measure``; ``repeats=0`` skips it).

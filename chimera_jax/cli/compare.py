@@ -1,4 +1,5 @@
-"""Seed 000's table: our checkpoints and HF baselines on one corpus and split, under one protocol.
+"""The comparison table: our checkpoints and HF baselines on one corpus and split, under one protocol (bits/byte,
+perplexity, tokens/s, memory).
 
     chimera-compare RUN_DIR ... [--hf gpt2 EleutherAI/pythia-70m smollm2 ...] [--data wikitext-2]
         [--split test] [--seq-len 512] [--stride 512] [--max-windows 32] [--batch-size 8] [--repeats 3]

@@ -7,7 +7,7 @@
         --sink-tokens 4
 
 The model comes from the checkpoint; every protocol flag left out is the run's own (its corpus,
-tokenizer and seq_len). stride == seq-len gives non-overlapping windows (seed 000's protocol); stride <
+tokenizer and seq_len). stride == seq-len gives non-overlapping windows; stride <
 seq-len gives sliding windows that score only the new tokens. ``--window W`` scores each window through a
 rolling KV cache of its last W tokens, plus its first S with ``--sink-tokens S`` (StreamingLLM), at constant
 memory: how seq-len goes past the training context (docs/long_context.md). ``--depth`` runs a time-indexed

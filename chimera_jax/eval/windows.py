@@ -2,7 +2,7 @@
 
 Target positions are 1..N-1 (token 0 is never predicted). A window starting at ``begin`` feeds
 ``tokens[begin : begin + L]`` and predicts ``tokens[begin + 1 : begin + L + 1]``. With stride == L the
-windows do not overlap (seed 000's protocol). With stride < L each window after the first scores only
+windows do not overlap. With stride < L each window after the first scores only
 the targets no earlier window scored, so every target is scored exactly once, with up to L-1 tokens of
 context. The last window may be short: it is padded to L with zero weights, so shapes stay fixed.
 """

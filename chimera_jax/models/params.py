@@ -34,10 +34,6 @@ def is_param(x) -> bool:
     return eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
 
 
-def count_params(tree) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(eqx.filter(tree, is_param)))
-
-
 def inactive_params(model) -> int:
     """Parameters a token does not use: modules that route (MoE) say how many via ``inactive_param_count``."""
     routed = [m for m in jax.tree_util.tree_leaves(model, is_leaf=lambda m: hasattr(m, "inactive_param_count"))
