@@ -39,8 +39,10 @@ test: setup-torch
 
 # The edit-test loop: the tests not marked slow (training many steps, large compiles, torch and lm-eval parity,
 # the notebook, the 8-device tests), under 3 minutes on the 2-core machine. `make test` runs them all.
+# Compiled programs are kept in $(XLA_CACHE) (tests/conftest.py): a re-run compiles only what changed.
+XLA_CACHE ?= $(HOME)/.cache/chimera_jax/test-xla
 test-fast: setup-torch
-	$(PYTEST) -m "not slow" --durations=5
+	CHIMERA_TEST_XLA_CACHE=$(XLA_CACHE) $(PYTEST) -m "not slow" --durations=5
 
 lint: setup-torch
 	$(VENV)/bin/ruff check chimera_jax scripts tests

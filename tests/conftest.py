@@ -1,8 +1,18 @@
-"""Shared fixtures: tiny run configs built through the real YAML + dotted-override path."""
+"""Shared fixtures (tiny run configs built through the real YAML + dotted-override path) and the compilation cache.
+
+Many tests compile the same programs (every tiny run's train step: the training loop drops its compiled code when
+a run ends), so compiled programs go to a persistent cache shared by the session's workers and its multi-device
+processes: ``$CHIMERA_TEST_XLA_CACHE``, or a fresh temporary folder per session, removed at its end.
+``make test-fast`` keeps one across sessions, so a re-run compiles only what changed. An entry's key is the
+program, the XLA flags and the JAX version: an edit never reuses a stale program.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -11,6 +21,12 @@ from helpers import TINY_YAML
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if not os.environ.get("CHIMERA_TEST_XLA_CACHE"):  # this process starts the session: xdist workers inherit it
+    os.environ["CHIMERA_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="chimera_jax-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["CHIMERA_TEST_XLA_CACHE"], ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", os.environ["CHIMERA_TEST_XLA_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # tiny programs too: the suite is made of them
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from chimera_jax.config import RunConfig, load_config  # noqa: E402
 

@@ -28,8 +28,11 @@ def test_block_causal_attention_equals_the_reference(block, n_kv_heads, padded):
     def loss(core):
         return lambda *qkv: jnp.sum(core(*qkv) * cotangent)
 
-    blocked = jax.value_and_grad(loss(lambda *a: block_causal_attention(*a, key_mask, block)), argnums=(0, 1, 2))
-    reference = jax.value_and_grad(loss(lambda *a: reference_attention(*a, key_mask)), argnums=(0, 1, 2))
+    def value_and_grads(core):  # jitted: op by op, the block loop's small ops take seconds each to compile
+        return jax.jit(jax.value_and_grad(loss(core), argnums=(0, 1, 2)))
+
+    blocked = value_and_grads(lambda *a: block_causal_attention(*a, key_mask, block))
+    reference = value_and_grads(lambda *a: reference_attention(*a, key_mask))
     (value, grads), (ref_value, ref_grads) = blocked(q, k, v), reference(q, k, v)
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
     for a, b in zip(grads, ref_grads, strict=True):

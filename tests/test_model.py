@@ -62,8 +62,8 @@ def test_matmul_gradients_are_those_of_the_plain_product(dtype):
     kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
     x, w = jax.random.normal(kx, (2, 3, 4), dtype), jax.random.normal(kw, (4, 5), dtype)
     cotangent = jax.random.normal(kg, (2, 3, 5), dtype)
-    ours = jax.value_and_grad(lambda x, w: jnp.sum(matmul(x, w) * cotangent), argnums=(0, 1))(x, w)
-    plain = jax.value_and_grad(lambda x, w: jnp.sum((x @ w) * cotangent), argnums=(0, 1))(x, w)
+    ours = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(matmul(x, w) * cotangent), argnums=(0, 1)))(x, w)
+    plain = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum((x @ w) * cotangent), argnums=(0, 1)))(x, w)
     rtol = 1e-2 if dtype == jnp.bfloat16 else 1e-6
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(plain), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
@@ -87,8 +87,8 @@ def test_fused_attention_equals_the_reference(n_kv_heads, padded):
     def loss(core, *qkv):
         return jnp.sum(core(*qkv, key_mask) * cotangent)
 
-    fused = jax.value_and_grad(lambda *a: loss(fused_attention, *a), argnums=(0, 1, 2))(q, *kv)
-    reference = jax.value_and_grad(lambda *a: loss(reference_attention, *a), argnums=(0, 1, 2))(q, *kv)
+    fused = jax.jit(jax.value_and_grad(lambda *a: loss(fused_attention, *a), argnums=(0, 1, 2)))(q, *kv)
+    reference = jax.jit(jax.value_and_grad(lambda *a: loss(reference_attention, *a), argnums=(0, 1, 2)))(q, *kv)
     np.testing.assert_allclose(fused_attention(q, *kv, key_mask), reference_attention(q, *kv, key_mask),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(fused[0], reference[0], rtol=1e-5)

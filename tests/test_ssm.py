@@ -52,8 +52,8 @@ def test_scans_agree_with_the_sequential_reference_in_outputs_and_all_gradients(
     for got, want in zip(selective_scan(*args[:5], method=method, h0=h0, chunk=chunk),
                          selective_scan(*args[:5], method="sequential", h0=h0), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    grads = jax.grad(lambda *a: loss(method, *a), argnums=tuple(range(6)))(*args)
-    reference = jax.grad(lambda *a: loss("sequential", *a), argnums=tuple(range(6)))(*args)
+    grads = jax.jit(jax.grad(lambda *a: loss(method, *a), argnums=tuple(range(6))))(*args)
+    reference = jax.jit(jax.grad(lambda *a: loss("sequential", *a), argnums=tuple(range(6))))(*args)
     for a, b in zip(grads, reference, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -82,8 +82,8 @@ def test_ssd_chunks_of_matmuls_agree_with_the_diagonal_scan_they_are_a_case_of(c
     args = (u, dt, A, B, C, h0)
     for got, want in zip(ssd(*args), reference(*args), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    grads = jax.grad(lambda *a: loss(ssd, *a), argnums=tuple(range(6)))(*args)
-    expected = jax.grad(lambda *a: loss(reference, *a), argnums=tuple(range(6)))(*args)
+    grads = jax.jit(jax.grad(lambda *a: loss(ssd, *a), argnums=tuple(range(6))))(*args)
+    expected = jax.jit(jax.grad(lambda *a: loss(reference, *a), argnums=tuple(range(6))))(*args)
     for a, b in zip(grads, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
