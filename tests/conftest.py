@@ -2,9 +2,9 @@
 
 Many tests compile the same programs (every tiny run's train step: the training loop drops its compiled code when
 a run ends), so compiled programs go to a persistent cache shared by the session's workers and its multi-device
-processes: ``$CHIMERA_TEST_XLA_CACHE``, or a fresh temporary folder per session, removed at its end.
-``make test-fast`` keeps one across sessions, so a re-run compiles only what changed. An entry's key is the
-program, the XLA flags and the JAX version: an edit never reuses a stale program.
+processes and the commands it runs: ``$CHIMERA_TEST_XLA_CACHE``, or a fresh temporary folder per session, removed
+at its end. ``make test-fast`` keeps one across sessions, so a re-run compiles only what changed. An entry's key
+is the program, the XLA flags and the JAX version: an edit never reuses a stale program.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
 import pytest
 from helpers import TINY_YAML
 
@@ -24,9 +23,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if not os.environ.get("CHIMERA_TEST_XLA_CACHE"):  # this process starts the session: xdist workers inherit it
     os.environ["CHIMERA_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="chimera_jax-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["CHIMERA_TEST_XLA_CACHE"], ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", os.environ["CHIMERA_TEST_XLA_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # tiny programs too: the suite is made of them
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# JAX's environment variables, read when it is imported: the commands the tests run in subprocesses use the cache
+# too. This process may have imported JAX already (pytest's plugins): set here as well.
+CACHE_SETTINGS = {"jax_compilation_cache_dir": os.environ["CHIMERA_TEST_XLA_CACHE"],
+                  "jax_persistent_cache_min_compile_time_secs": 0,  # tiny programs too: the suite is made of them
+                  "jax_persistent_cache_min_entry_size_bytes": 0}
+os.environ.update({name.upper(): str(value) for name, value in CACHE_SETTINGS.items()})
+
+import jax  # noqa: E402
+
+for name, value in CACHE_SETTINGS.items():
+    jax.config.update(name, value)
 
 from chimera_jax.config import RunConfig, load_config  # noqa: E402
 
