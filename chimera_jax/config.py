@@ -115,10 +115,23 @@ class TimeConfig:
     gate: Literal["out", "in_out", "lowrank", "full"] = "out"
     rank: int = 4  # for gate == "lowrank"
     gate_init: float = 0.5  # every gate's value at initialisation, in (0, 1)
+    # Training across depths: each train step runs the shared block L' times, t = (i + 1) / L', L' drawn from
+    # the step's key (a resumed run draws the same), within [depth_min, depth_max]. uniform: every depth alike;
+    # lognormal: Huginn's L' = 1 + Poisson(e^τ), τ ~ N(log(n_layers - 1) - σ²/2, σ), mean about n_layers.
+    # Evaluation and decoding run at n_layers (or --depth). fixed: every step at n_layers.
+    train_depth: Literal["fixed", "uniform", "lognormal"] = "fixed"
+    depth_min: int = 1
+    depth_max: int | None = None  # required unless train_depth is fixed
+    depth_sigma: float = 0.5  # lognormal: σ of τ
 
     def __post_init__(self) -> None:
-        _at_least("model.time", self, 1, "emb_dim", "hidden", "rank")
+        _at_least("model.time", self, 1, "emb_dim", "hidden", "rank", "depth_min", "depth_max")
         _require(0 < self.gate_init < 1, f"model.time.gate_init={self.gate_init} must be in (0, 1)")
+        _require(self.train_depth == "fixed" or self.depth_max is not None,
+                 f"model.time.train_depth={self.train_depth} needs model.time.depth_max (and depth_min, default 1)")
+        _require(self.depth_max is None or self.depth_min <= self.depth_max,
+                 f"model.time.depth_min={self.depth_min} must be <= model.time.depth_max={self.depth_max}")
+        _require(self.depth_sigma > 0, f"model.time.depth_sigma={self.depth_sigma} must be > 0")
 
 
 @dataclass
@@ -184,6 +197,13 @@ class ModelConfig:
             _require(not self.time.enabled,
                      "model.time.enabled and model.moe.enabled cannot both be true: time-indexed sharing of an MoE "
                      "FFN is not supported")
+        t = self.time
+        _require(t.train_depth == "fixed" or t.enabled,
+                 f"model.time.train_depth={t.train_depth} needs model.time.enabled=true: only a shared block runs "
+                 "at any depth")
+        _require(t.train_depth != "lognormal" or t.depth_min <= self.n_layers <= t.depth_max,
+                 f"model.time.train_depth=lognormal centres on model.n_layers={self.n_layers}, outside "
+                 f"[model.time.depth_min, depth_max] = [{t.depth_min}, {t.depth_max}]")
 
     def resolved_d_ff(self) -> int:
         if self.d_ff is not None:

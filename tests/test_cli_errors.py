@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from chimera_jax.cli import entry
-from chimera_jax.config import resolve_config
+from chimera_jax.config import load_config, resolve_config, to_yaml
 from chimera_jax.train.checkpoint import Checkpointer
 from chimera_jax.train.optimizer import make_optimizer
 from chimera_jax.train.state import init_state
@@ -42,6 +42,9 @@ def launch(command: str, *argv: str, monkeypatch, capsys, status: int = 2) -> st
     ("bench", ["nope", "--quick"], "error: which bench? The first argument is one of: inference, train, scan, moe"),
     ("plot_experts", ["no/such/run"], "error: checkpoint: no such folder no/such/run"),
     ("compare", ["no/such/run", "--hf", "gpt2"], "error: runs: no/such/run is not a run directory"),
+    ("bench", ["inference", "--presets", "dense", "--depths", "3"], "error: depths [3]: each must be >= 1, with the "
+     "time-indexed preset ti_ssm in --presets"),
+    ("bench", ["depth", "--low", "5", "--high", "4"], "error: need 1 <= --low (5) <= --high (4)"),
 ])
 def test_a_bad_command_line_is_one_error_line(command, argv, line, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
@@ -62,6 +65,19 @@ def test_a_missing_step_names_the_steps_there(run_at_step_0, monkeypatch, capsys
         line = launch(command, "--checkpoint", str(run_at_step_0), "--step", "7", *argv, monkeypatch=monkeypatch,
                       capsys=capsys)
         assert line == f"error: {run_at_step_0} has no checkpoint at step 7; its steps: 0"
+
+
+def test_a_depth_the_run_cannot_take_is_one_error_line(run_at_step_0, monkeypatch, capsys, tmp_path):
+    """Before any model loads: --depth of a model without a shared block, or below 1."""
+    (run_at_step_0 / "config.yaml").write_text(to_yaml(resolve_config(load_config(run_at_step_0.parent / "tiny.yaml"),
+                                                                      256)))
+    for command, argv in [("eval", []), ("generate", ["--prompt", "x"]), ("lm_eval", ["--tasks", "bbc_topic"])]:
+        line = launch(command, "--checkpoint", str(run_at_step_0), "--depth", "3", *argv, monkeypatch=monkeypatch,
+                      capsys=capsys)
+        assert line == f"error: depth: {run_at_step_0} is not time-indexed (model.time.enabled=false): only a " \
+                       "shared block runs at another depth"
+    line = launch("eval", "--checkpoint", str(run_at_step_0), "--depth", "0", monkeypatch=monkeypatch, capsys=capsys)
+    assert line == "error: depth must be >= 1, got 0"
 
 
 def test_missing_data_is_one_error_line(run_at_step_0, monkeypatch, capsys, tmp_path):

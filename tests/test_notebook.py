@@ -17,17 +17,23 @@ NOTEBOOK = REPO / "notebooks" / "modulation.ipynb"
 
 
 def test_modulation_notebook_runs_on_a_tiny_ti_ssm_checkpoint(tiny_config, monkeypatch):
-    cfg = tiny_config("--model.mixer", "ssm", "--model.positions", "none", "--model.d_model", "16",
-                      "--model.ssm.state_size", "4", "--model.time.enabled", "true", "--model.time.emb_dim", "8",
-                      "--model.time.hidden", "8", "--data.seq_len", "16", "--train.steps", "3",
-                      "--train.batch_size", "2", "--train.eval_every", "3", "--train.eval_batches", "1",
-                      "--train.checkpoint_every", "3")
+    flags = ("--model.mixer", "ssm", "--model.positions", "none", "--model.d_model", "16",
+             "--model.ssm.state_size", "4", "--model.time.enabled", "true", "--model.time.emb_dim", "8",
+             "--model.time.hidden", "8", "--data.seq_len", "16", "--train.steps", "3",
+             "--train.batch_size", "2", "--train.eval_every", "3", "--train.eval_batches", "1",
+             "--train.checkpoint_every", "3")
+    cfg = tiny_config(*flags)
     train(cfg)
+    across = tiny_config(*flags, "--model.time.train_depth", "uniform", "--model.time.depth_max", "4",
+                         run_dir=cfg.run_dir.parent / "across")
+    train(across)
     monkeypatch.setenv("CHIMERA_RUN_DIR", str(cfg.run_dir))
+    monkeypatch.setenv("CHIMERA_COMPARE_RUN_DIR", str(across.run_dir))
     monkeypatch.setenv("CHIMERA_EVAL_WINDOWS", "4")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) >= 5  # every figure
+    assert sum(o.output_type == "display_data" and "image/png" in o.data for o in outputs) >= 6  # every figure
     text = "".join(o.get("text", "") for o in outputs)
     assert "median half-life" in text  # the SSM section ran, not its attention fallback
+    assert "across: depths 1-4 (uniform)" in text  # and the comparison with the run trained across depths

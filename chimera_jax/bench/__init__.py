@@ -11,9 +11,12 @@
     chimera-bench moe [--quick] [--skip-train] [--skip-layers] [--cpu-time] [--trace DIR] [--json FILE] ...
         the MoE dispatches, one layer forward + backward, and an MoE train step against dense
         (chimera_jax/bench/moe.py)
+    chimera-bench depth [--presets ti_ssm ti_mlp] [--low 3 --high 12] [--steps 40] [--quick] [--json FILE]
+        a time-indexed train step at drawn depths: one masked program against a program per depth
+        (chimera_jax/bench/depth.py)
     python scripts/bench.py train --quick --json /tmp/train.json   # the same, as a script
 
 From Python: ``chimera_jax.bench.NAME.main(argv)`` prints the same report and returns every figure as a dict.
 """
 
-BENCHES = ("inference", "train", "scan", "moe")  # chimera-bench NAME: the module chimera_jax.bench.NAME
+BENCHES = ("inference", "train", "scan", "moe", "depth")  # chimera-bench NAME: the module chimera_jax.bench.NAME

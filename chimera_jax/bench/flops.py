@@ -7,7 +7,8 @@ dense MoE dispatch do not raise it. A multiply-add counts as 2 FLOPs; a ``[m, k]
 
 Per token, forward, with ``d = d_model``, ``T`` the sequence length, ``H`` heads of ``hd = d / H`` (query
 width ``d``), ``G`` key/value heads (key/value width ``G hd``), ``f`` the FFN width, ``V`` the (padded)
-vocabulary, ``L`` the layers (a time-indexed stack runs its shared block ``L`` times)::
+vocabulary, ``L`` the layers (a time-indexed stack runs its shared block ``L`` times; trained at drawn depths,
+``L`` is their mean)::
 
     attention   2 d (2 d + 2 G hd)          the q, k, v and output projections
                 + 4 T d                     scores q·k and the weighted sum of values over all T keys
@@ -61,12 +62,15 @@ def _mixer(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     return {"ssm_projections": projections, "ssm_scan": 6 * d_inner * s.state_size}
 
 
-def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, depth: float | None = None) -> dict[str, float]:
     """The forward pass's FLOPs per token by part (the module docstring's table), for a resolved config
-    (``vocab_size`` set) at ``seq_len`` tokens per sequence."""
+    (``vocab_size`` set) at ``seq_len`` tokens per sequence; ``depth``: a time-indexed stack run that many times
+    (a mean when not whole) instead of ``n_layers``."""
     if cfg.vocab_size is None:
         raise ValueError("model.vocab_size is unresolved: use chimera_jax.config.resolve_config")
-    d, L, swiglu = cfg.d_model, cfg.n_layers, cfg.ffn == "swiglu"
+    if depth is not None and not cfg.time.enabled:
+        raise ValueError("depth: only a time-indexed model runs at another depth")
+    d, L, swiglu = cfg.d_model, cfg.n_layers if depth is None else depth, cfg.ffn == "swiglu"
     parts = {name: L * n for name, n in _mixer(cfg, seq_len).items()}
     dense = _ffn(d, cfg.resolved_d_ff(), swiglu)
     if cfg.moe.enabled:
@@ -81,9 +85,18 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     return parts
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Forward and backward: three times the forward matrix products."""
-    return 3 * sum(forward_flops_per_token(cfg, seq_len).values())
+def mean_train_depth(cfg: ModelConfig) -> float:
+    """The layers a train step runs on average: ``n_layers``, or the mean of a time-indexed model's drawn depths."""
+    from chimera_jax.models.time_indexed import DepthSampler
+
+    sampler = DepthSampler.of(cfg.time, cfg.n_layers)
+    return float(cfg.n_layers) if sampler is None else sampler.expected()
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward and backward: three times the forward matrix products, at the mean depth a train step runs."""
+    depth = mean_train_depth(cfg) if cfg.time.train_depth != "fixed" else None
+    return 3 * sum(forward_flops_per_token(cfg, seq_len, depth).values())
 
 
 def utilisation(cfg: ModelConfig, seq_len: int, tokens_per_s: float, peak: float) -> dict:

@@ -2,7 +2,7 @@
 ``generate()``, measured in one process so every ratio compares like with like.
 
     chimera-bench inference [--quick] [--presets dense moe moe_e4 ti_ssm] [--usd-per-hour X] [--json FILE]
-        [--repeats 3] [--batches 1 8] [--torch-threads N] [--decode-chunk 16]
+        [--repeats 3] [--batches 1 8] [--torch-threads N] [--decode-chunk 16] [--depths 3 12]
     python scripts/bench.py inference --quick --json /tmp/bench.json   # tiny shapes: a smoke run
     python scripts/bench.py inference --usd-per-hour 3.5 --json bench.json   # the presets' sizes, priced
 
@@ -65,6 +65,7 @@ class InferenceArgs:
     torch_threads: int | None = None  # torch's intra-op threads; None: torch's default (one per core)
     batches: list[int] = field(default_factory=lambda: [1, 8])  # batch sizes to time
     decode_chunk: int = 16  # cached decoding steps per host call (engine.DECODE_CHUNK)
+    depths: list[int] = field(default_factory=list)  # time-indexed presets also run at these depths (rows ti_ssm@L)
     json: str | None = None  # also write every figure to this JSON file
     min_cached_over_recompute: float = 10.0  # target: cached decode over recompute, every row of the longer context
     min_jax_over_torch: float = 1.5  # target: dense decode at batch 1 over transformers generate()'s
@@ -260,6 +261,8 @@ def main(argv: Sequence[str]) -> dict:
     repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
     if min(repeats, *args.batches, args.torch_threads or 1, args.decode_chunk) < 1 or args.usd_per_hour <= 0:
         raise ConfigError("repeats, batches, torch-threads and decode-chunk must be >= 1 and usd-per-hour > 0")
+    if args.depths and (min(args.depths) < 1 or "ti_ssm" not in args.presets):
+        raise ConfigError(f"depths {args.depths}: each must be >= 1, with the time-indexed preset ti_ssm in --presets")
     import jax
 
     from chimera_jax.bridge.convert import to_hf
@@ -268,6 +271,7 @@ def main(argv: Sequence[str]) -> dict:
     from chimera_jax.generate.engine import Generator
     from chimera_jax.models.builder import build_model
     from chimera_jax.models.params import param_report
+    from chimera_jax.models.time_indexed import with_depth
     from chimera_jax.optional import require
     from chimera_jax.tokenizer import get_tokenizer
 
@@ -278,6 +282,12 @@ def main(argv: Sequence[str]) -> dict:
     configs = {name: preset_config(name, args.quick, tokenizer.vocab_size) for name in args.presets}
     generators = {name: Generator(build_model(cfg.model, jax.random.PRNGKey(0)), tokenizer)
                   for name, cfg in configs.items()}
+    for name, cfg in list(configs.items()):  # the same weights run at other depths: decoding speed against depth
+        if cfg.model.time.enabled:
+            for depth in args.depths:
+                configs[f"{name}@{depth}"] = dataclasses.replace(
+                    cfg, model=dataclasses.replace(cfg.model, n_layers=depth))
+                generators[f"{name}@{depth}"] = Generator(with_depth(generators[name].model, depth), tokenizer)
     cases = settings(args.quick, tokenizer)
     contexts = SWEEP[:2] if args.quick else SWEEP
     header = device_header(torch_device)

@@ -1,5 +1,5 @@
 """What several commands share on top of the one argument style (chimera_jax/flags.py): the evaluation protocol's
-flags and the check that a folder is a training run."""
+flags and the checks that a folder is a training run and that a run can run at another depth."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimera_jax.config import ConfigError
+from chimera_jax.config import ConfigError, from_yaml
 from chimera_jax.eval.protocol import EvalProtocol
 
 PROTOCOL_ALIASES = {"data": "corpus"}  # the protocol's corpus, as eval, eval_hf and compare have always spelt it
@@ -35,3 +35,15 @@ def check_run_dir(path: str | Path, field: str) -> None:
     """A one-line error, before JAX loads, for a ``field`` naming a folder that is not a training run."""
     if not (Path(path) / "checkpoints").is_dir():
         raise ConfigError(f"{field}: {path} is not a run directory (no checkpoints/ in it)")
+
+
+def check_depth(run_dir: str | Path, depth: int | None) -> None:
+    """A one-line error, before JAX loads, for a ``--depth`` the run cannot take (from its config.yaml)."""
+    if depth is None:
+        return
+    if depth < 1:
+        raise ConfigError(f"depth must be >= 1, got {depth}")
+    config = Path(run_dir) / "config.yaml"
+    if config.is_file() and not from_yaml(config.read_text()).model.time.enabled:
+        raise ConfigError(f"depth: {run_dir} is not time-indexed (model.time.enabled=false): only a shared block "
+                          "runs at another depth")

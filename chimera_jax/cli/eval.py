@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chimera_jax.cli.args import PROTOCOL_ALIASES, check_run_dir, protocol_of
+from chimera_jax.cli.args import PROTOCOL_ALIASES, check_depth, check_run_dir, protocol_of
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.flags import parse
 
@@ -45,6 +45,7 @@ def cache_of(protocol: dict) -> str:
 def main(argv: Sequence[str]) -> dict:
     args = parse(EvalArgs, argv, aliases=PROTOCOL_ALIASES)
     check_run_dir(args.checkpoint, "checkpoint")
+    check_depth(args.checkpoint, args.depth)
     from chimera_jax.runs.evaluate import evaluate_checkpoint  # JAX loads only once the arguments are known good
 
     result = evaluate_checkpoint(args.checkpoint, protocol_of(args), step=args.step, depth=args.depth, progress=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chimera_jax.cli.args import check_run_dir
+from chimera_jax.cli.args import check_depth, check_run_dir
 from chimera_jax.config import ConfigError
 from chimera_jax.flags import parse
 
@@ -93,6 +93,7 @@ def main(argv: Sequence[str]) -> Generation:
     """Run the command; returns the ``Generation``."""
     args = parse(GenerateArgs, argv)
     check_run_dir(args.checkpoint, "checkpoint")
+    check_depth(args.checkpoint, args.depth)
     prompts = read_prompts(args)
     if args.window is None and args.sink_tokens:
         raise ConfigError("sink_tokens: --sink-tokens needs --window (a full cache keeps every token anyway)")

@@ -1,7 +1,7 @@
 """Score a chimera checkpoint, and an HF model through lm-eval's own HF backend, on lm-evaluation-harness tasks.
 
     chimera-lm-eval --checkpoint RUN_DIR [--hf FOLDER|FILE.gguf|smollm2] --tasks T [T ...] [--num-fewshot K]
-        [--limit N] [--include-path DIR ...] [--batch-size 8] [--out DIR] [--step N] [--max-length T]
+        [--limit N] [--include-path DIR ...] [--batch-size 8] [--out DIR] [--step N] [--depth L] [--max-length T]
         [--device cpu]
     python scripts/lm_eval.py --checkpoint checkpoints/nano_gpt2 --hf smollm2 --tasks bbc_topic --num-fewshot 3
 
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.cli.args import check_run_dir
+from chimera_jax.cli.args import check_depth, check_run_dir
 from chimera_jax.config import ConfigError
 from chimera_jax.flags import parse
 
@@ -39,6 +39,7 @@ class LMEvalArgs:
     batch_size: int = 8  # rows per forward pass (both backends)
     out: str | None = None  # save results and per-example samples here, as lm-eval does
     step: int | None = None  # checkpoint step; None: the newest readable
+    depth: int | None = None  # time-indexed models: run the shared block this many times
     max_length: int | None = None  # chimera: longest input scored; None: the model's own
     device: str | None = None  # the HF model's torch device; None: cuda when available
 
@@ -49,6 +50,7 @@ def check(args: LMEvalArgs) -> None:
         raise ConfigError("checkpoint: give --checkpoint RUN_DIR, --hf MODEL, or both")
     if args.checkpoint is not None:
         check_run_dir(args.checkpoint, "checkpoint")
+        check_depth(args.checkpoint, args.depth)
     if not args.tasks:
         raise ConfigError("tasks: name at least one task (--tasks bbc_topic)")
     if args.num_fewshot is not None and args.num_fewshot < 0:
@@ -76,7 +78,8 @@ def main(argv: Sequence[str]) -> dict[str, dict]:
 
     models = {}
     if args.checkpoint is not None:
-        model_args = {"checkpoint": args.checkpoint, "step": args.step, "max_length": args.max_length}
+        model_args = {"checkpoint": args.checkpoint, "step": args.step, "depth": args.depth,
+                      "max_length": args.max_length}
         models[f"chimera:{args.checkpoint}"] = ("chimera", {k: v for k, v in model_args.items() if v is not None})
     if args.hf is not None:
         models[f"hf:{args.hf}"] = ("hf", hf_model_args(args.hf, args.device))

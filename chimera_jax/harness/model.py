@@ -1,6 +1,6 @@
 """EleutherAI's lm-evaluation-harness on chimera checkpoints: the ``chimera`` model of its registry.
 
-    lm_eval.simple_evaluate(model="chimera", model_args="checkpoint=RUN_DIR[,step=N,max_length=T]", tasks=[...])
+    lm_eval.simple_evaluate(model="chimera", model_args="checkpoint=RUN_DIR[,step=N,depth=L,max_length=T]", tasks=[...])
     python -m chimera_jax.harness.model run --model chimera --model_args checkpoint=RUN --tasks T  # its CLI
 
 Requests are tokenized as lm-eval's HF backend tokenizes them (``TemplateLM``: the whole text encoded, the
@@ -85,13 +85,14 @@ def hf_tokenizer_for_lm_eval(spec: str):
 class ChimeraLM(TemplateLM):
     """A chimera run directory's checkpoint as an lm-eval model.
 
-    ``max_length``: the longest input scored (default: the model's ``max_seq_len``, else its training
-    ``seq_len``, which is also what an HF export declares); ``batch_size``: rows per forward pass.
+    ``depth``: a time-indexed model's layers (default: its n_layers); ``max_length``: the longest input scored
+    (default: the model's ``max_seq_len``, else its training ``seq_len``, which is also what an HF export
+    declares); ``batch_size``: rows per forward pass.
     ``max_batch_size`` and ``device``, which lm-eval hands every model, are not used: JAX places the arrays.
     Any other argument is an error, so a misspelt one is not silently dropped.
     """
 
-    def __init__(self, checkpoint: str, step: int | None = None, batch_size: int | str = 8,
+    def __init__(self, checkpoint: str, step: int | None = None, depth: int | None = None, batch_size: int | str = 8,
                  max_length: int | None = None, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
                  max_batch_size: int | None = None, device: str | None = None) -> None:
         super().__init__()
@@ -102,7 +103,8 @@ class ChimeraLM(TemplateLM):
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        self.model, self.config = load_for_decoding(checkpoint, step=None if step is None else int(step))
+        self.model, self.config = load_for_decoding(checkpoint, step=None if step is None else int(step),
+                                                    depth=None if depth is None else int(depth))
         self.chimera_tokenizer = get_tokenizer(self.config.data.tokenizer)
         own_length = self.config.model.max_seq_len or self.config.data.seq_len
         self.max_length = own_length if max_length is None else int(max_length)

@@ -6,7 +6,10 @@ Layer ``i`` of ``L`` runs the shared block with ``t = (i + 1) / L`` and
 
 ``g_φ`` (``TimeModulation``) is an MLP ``emb_dim -> hidden -> SiLU -> Σ n`` whose output is split into one
 logit block per gated parameter. ``L`` is a plain number at evaluation: ``with_depth(model, L')`` runs a
-model trained at ``L`` with ``L'`` layers, ``t = (i + 1) / L'``.
+model trained at ``L`` with ``L'`` layers, ``t = (i + 1) / L'``. Trained across depths
+(``TimeConfig.train_depth``), each train step draws ``L'`` from its key (``DepthSampler``) and runs one program
+over ``depth_max`` layers in which layer ``i`` is skipped by a ``lax.cond`` once ``i >= L'``: one compilation,
+and a step costs the ``L'`` layers it runs (docs/time_indexed.md measures both against depth buckets).
 
 What is gated (the roles of roles.py): every ``MATRIX`` of the shared block (the leaves the optimizer
 decays) at the granularity ``TimeConfig.gate``, and element-wise the ``CHANNEL`` vectors, where a positive
@@ -155,6 +158,39 @@ class TimeModulation(eqx.Module):
         return tuple(s.gate(chunk, self.rank) for s, chunk in zip(self.specs, jnp.split(logits, splits), strict=True))
 
 
+class DepthSampler(NamedTuple):
+    """The depth ``L'`` of a training step, drawn from its key (``TimeConfig.train_depth``)."""
+
+    dist: str  # "uniform" or "lognormal"
+    low: int
+    high: int
+    mean: int  # lognormal: the depth it centres on (the model's n_layers)
+    sigma: float
+
+    @classmethod
+    def of(cls, time: TimeConfig, n_layers: int) -> DepthSampler | None:
+        if time.train_depth == "fixed":
+            return None
+        return cls(time.train_depth, time.depth_min, time.depth_max, n_layers, time.depth_sigma)
+
+    def __call__(self, key: PRNGKeyArray) -> Int[Array, ""]:
+        if self.dist == "uniform":
+            return jax.random.randint(key, (), self.low, self.high + 1)
+        # Huginn's log-normal Poisson: L' = 1 + Poisson(e^τ), τ ~ N(log(mean - 1) - σ²/2, σ), so E[e^τ] = mean - 1
+        k_tau, k_poisson = jax.random.split(key)
+        rate = max(self.mean - 1, 1e-3)
+        tau = math.log(rate) - self.sigma ** 2 / 2 + self.sigma * jax.random.normal(k_tau)
+        depth = 1 + jax.random.poisson(k_poisson, jnp.exp(tau))
+        return jnp.clip(depth, self.low, self.high).astype(jnp.int32)
+
+    def expected(self, samples: int = 100_000) -> float:
+        """The mean depth a step runs (uniform: exact; lognormal: over ``samples`` fixed draws), for FLOPs."""
+        if self.dist == "uniform":
+            return (self.low + self.high) / 2
+        draws = jax.jit(jax.vmap(self))(jax.random.split(jax.random.key(0), samples))
+        return float(jnp.mean(draws))
+
+
 class TimeIndexedStack(eqx.Module):
     """``depth`` applications of one shared block, each with its weights gated by ``t = (i + 1) / depth``.
 
@@ -168,6 +204,7 @@ class TimeIndexedStack(eqx.Module):
     depth: int
     unroll: int = eqx.field(static=True)
     remat: str = eqx.field(static=True)
+    train_depth: DepthSampler | None = eqx.field(static=True, default=None)  # None: train at ``depth``
 
     def __init__(self, make_block: Callable[[PRNGKeyArray], Block], n_layers: int, time: TimeConfig, *,
                  key: PRNGKeyArray, unroll: int = 1, remat: str = "none"):
@@ -182,6 +219,7 @@ class TimeIndexedStack(eqx.Module):
         self.depth = n_layers
         self.unroll = unroll
         self.remat = remat
+        self.train_depth = DepthSampler.of(time, n_layers)
 
     def times(self) -> Float[Array, " L"]:
         return (jnp.arange(self.depth, dtype=jnp.float32) + 1.0) / self.depth
@@ -193,12 +231,40 @@ class TimeIndexedStack(eqx.Module):
             return multiply_leaves(self.block, {s.path: g for s, g in zip(self.modulation.specs, gates, strict=True)})
 
     def __call__(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray | None) -> tuple[Array, dict]:
+        if self.train_depth is not None and not ctx.inference and key is not None:
+            return self._at_sampled_depth(x, ctx, key)
+
         def step(t, h, k):
             return self.block_at(t)(h, ctx, k)
 
         if self.unroll >= self.depth:  # unrolled: a loop, as the shared weights need no per-layer slice
             return loop_layers(step, list(self.times()), x, key, self.remat)
         return scan_layers(step, self.times(), x, self.depth, key, self.unroll, self.remat)
+
+    def _at_sampled_depth(self, x: Float[Array, "B T D"], ctx: Context, key: PRNGKeyArray) -> tuple[Array, dict]:
+        """A train step at ``L'`` drawn from ``key``: one program over ``depth_max`` layers, layer ``i`` run at
+        ``t = (i + 1) / L'`` while ``i < L'`` and skipped after (``lax.cond`` runs one branch, so a step costs
+        ``L'`` layers, not ``depth_max``). The aux reports ``depth``."""
+        k_depth, key = jax.random.split(key)
+        depth = self.train_depth(k_depth)
+
+        def step(i, h, k):
+            t = (jnp.asarray(i, jnp.float32) + 1.0) / depth.astype(jnp.float32)
+
+            def run(h):
+                return self.block_at(t)(h, ctx, k)
+
+            def skip(h):  # the identity, with zeros for whatever the block reports
+                return h, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(run, h)[1])
+
+            return jax.lax.cond(i < depth, run, skip, h)
+
+        n = self.train_depth.high
+        if self.unroll >= self.depth:
+            x, aux = loop_layers(step, list(range(n)), x, key, self.remat)
+        else:
+            x, aux = scan_layers(step, jnp.arange(n), x, n, key, self.unroll, self.remat)
+        return x, {**aux, "depth": depth}
 
     def layers(self) -> tuple[Block, ...]:
         """The shared block gated at each depth's t, as ``depth`` blocks of their own."""

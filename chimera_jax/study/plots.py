@@ -100,7 +100,9 @@ def gate_plots(arms: dict[str, list[dict]], out: Path) -> list[Path]:
 
 
 def depth_plot(arms: dict[str, list[dict]], path: Path) -> Path | None:
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    """Each time-indexed arm's loss against the layers it ran, and against a token's forward FLOPs at that depth;
+    the other arms as references (a line at their loss; a point at their FLOPs)."""
+    fig, (by_depth, by_flops) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     drawn = False
     for name, runs in arms.items():
         keys = sorted((k for k in runs[0].get("evals", {}) if k.startswith("depth:")), key=lambda k: int(k[6:]))
@@ -108,15 +110,31 @@ def depth_plot(arms: dict[str, list[dict]], path: Path) -> Path | None:
             continue
         losses = np.array([[r["evals"][k]["loss"] for k in keys] for r in runs])
         std = losses.std(axis=0, ddof=1) if len(runs) > 1 else None
-        ax.errorbar([int(k[6:]) for k in keys], losses.mean(axis=0), yerr=std, marker="o", capsize=3, label=name)
+        line = by_depth.errorbar([int(k[6:]) for k in keys], losses.mean(axis=0), yerr=std, marker="o", markersize=3,
+                                 capsize=2, label=name)
+        flops = [runs[0]["evals"][k].get("flops_per_token") for k in keys]
+        if None not in flops:
+            by_flops.errorbar(flops, losses.mean(axis=0), yerr=std, marker="o", markersize=3, capsize=2,
+                              color=line[0].get_color(), label=name)
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("layers run (trained depth: the preset's n_layers)")
-    ax.set_ylabel("validation loss")
-    ax.set_title("time-indexed models at other depths, mean ± std over seeds")
-    ax.legend(fontsize=8)
+    for name, runs in arms.items():  # the references: arms that run at one depth only
+        loss = [r.get("val_loss") for r in runs]
+        if any("depth:" in k for k in runs[0].get("evals", {})) or None in loss:
+            continue
+        line = by_depth.axhline(np.mean(loss), linestyle="--", linewidth=1, color="grey", label=f"{name} (reference)")
+        if runs[0].get("flops_per_token") is not None:
+            by_flops.plot([runs[0]["flops_per_token"]], [np.mean(loss)], marker="*", markersize=10, linestyle="none",
+                          color=line.get_color(), label=f"{name} (reference)")
+    by_depth.set_xlabel("layers run")
+    by_flops.set_xlabel("forward FLOPs per token at that depth")
+    by_flops.set_xscale("log")
+    for ax in (by_depth, by_flops):
+        ax.set_ylabel("validation loss")
+        ax.legend(fontsize=7)
+    fig.suptitle("time-indexed models at other depths, mean ± std over seeds")
     return save_figure(fig, path)
 
 

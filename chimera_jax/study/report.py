@@ -20,6 +20,7 @@ METRICS = (
     ("ms_per_step", "ms/step", ".1f"),
     ("step_memory_mib", "step MiB", ".1f"),
     ("wall_s", "wall s", ".1f"),
+    ("train_flops", "train FLOPs", ".3g"),
 )
 COMPARED = ("val_loss", "val_bits_per_byte")  # differences from the baseline, besides every extra evaluation's
 
@@ -90,14 +91,18 @@ def protocol_lines(study: Study, profile: str, results: dict) -> list[str]:
         "call (data, compile, steps, validations, checkpoints) of the last session that trained the run",
         "- differences: arm - baseline paired by seed, mean and Student-t 95% interval over seeds; \"exceeds "
         "spread\": |mean difference| is larger than both arms' seed-to-seed std. With one seed: n/a",
+        "- train FLOPs: model FLOPs (matrix products, 3x the forward: chimera_jax/bench/flops.py) per token x "
+        "steps x batch x seq_len; an arm trained at drawn depths counts their mean",
     ]
     ev = study.evaluation
     if ev.corpora:
         lines.append(f"- extra corpora: {', '.join(ev.corpora)}, {ev.split} split, the first {ev.max_windows} "
                      "non-overlapping windows of each run's seq_len, each model with its own tokenizer")
-    if ev.depths:
-        lines.append(f"- time-indexed arms re-run at round(f x n_layers) layers, f in {ev.depths}, on the loop's "
-                     "validation windows (the trained depth reproduces val loss)")
+    if ev.depths or ev.every_depth_to:
+        at = ([f"round(f x n_layers) layers, f in {ev.depths}"] if ev.depths else []) + (
+            [f"every depth from 1 to round({ev.every_depth_to:g} x n_layers)"] if ev.every_depth_to else [])
+        lines.append(f"- time-indexed arms re-run at {' and '.join(at)}, on the loop's validation windows (the "
+                     "trained depth reproduces val loss)")
     return lines
 
 
@@ -145,6 +150,17 @@ def eval_rows(study: Study, results: dict) -> list[list[str]]:
     return rows
 
 
+def depth_table(study: Study, results: dict) -> str | None:
+    """Validation loss against depth, one row per time-indexed arm, one column per depth (mean ± std)."""
+    runs = {a.name: results["arms"][a.name] for a in study.arms}
+    found = sorted({int(k[6:].split("/")[0]) for s in runs.values() for k in s if k.startswith("depth:")})
+    if not found:
+        return None
+    rows = [[name, *(mean_std(s.get(f"depth:{d}/loss"), ".4f") for d in found)]
+            for name, s in runs.items() if any((s.get(f"depth:{d}/loss") or {}).get("mean") is not None for d in found)]
+    return table(["arm", *(str(d) for d in found)], rows)
+
+
 def hf_rows(hf: list[dict]) -> list[list[str]]:
     return [[r["model"], r.get("corpus", "?"), r.get("error", "")[:80] or fmt(r.get("loss"), ".4f"),
              fmt(r.get("bits_per_byte"), ".4f"), fmt(r.get("params_total"), ",.0f")] for r in hf]
@@ -158,6 +174,9 @@ def markdown(study: Study, profile: str, results: dict, plots: list[Path]) -> st
              "## Difference from the baseline", "",
              table(["arm", "metric", "Δ mean", "95% interval", "excludes 0", "exceeds spread", "seeds"],
                    difference_rows(results))]
+    by_depth = depth_table(study, results)
+    if by_depth:
+        lines += ["", "## Validation loss (nats/token) against the layers run: mean ± std over seeds", "", by_depth]
     evals = eval_rows(study, results)
     if evals:
         lines += ["", "## Extra evaluations: mean ± std over seeds", "",

@@ -25,9 +25,11 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
+from chimera_jax.bench.flops import forward_flops_per_token, train_flops_per_token
 from chimera_jax.config import ConfigError, RunConfig, flat_fields, from_yaml, to_yaml
 from chimera_jax.eval.protocol import EvalProtocol
 from chimera_jax.study.spec import Evaluation, Run, Study
+from chimera_jax.train.checkpoint import load_run_config
 from chimera_jax.train.loop import format_summary, train
 from chimera_jax.train.metrics import read_metrics
 
@@ -77,8 +79,12 @@ def train_run(run: Run, memory: dict[str, float]) -> dict:
     wall = time.perf_counter() - start
     tqdm.write(format_summary(summary))
     curve = read_metrics(cfg.run_dir, split="validation")
+    model, seq_len = load_run_config(cfg.run_dir).model, cfg.data.seq_len  # resolved: the vocabulary is known
     record = {
         "arm": run.arm, "seed": run.seed, **summary, "wall_s": wall, "step_memory_mib": memory[run.arm],
+        # model FLOPs (bench/flops.py): the whole training (at the mean drawn depth), and one token's forward pass
+        "train_flops": train_flops_per_token(model, seq_len) * cfg.train.steps * cfg.train.batch_size * seq_len,
+        "flops_per_token": sum(forward_flops_per_token(model, seq_len).values()),
         "val_curve": {str(line["step"]): line["loss"] for line in curve},
         "config": to_yaml(cfg),
     }
@@ -101,17 +107,22 @@ def extra_evaluations(cfg: RunConfig, ev: Evaluation) -> dict:
     if cfg.model.time.enabled:
         validation = EvalProtocol(split="validation", batch_size=tc.batch_size,
                                   max_windows=tc.eval_batches * tc.batch_size)
-        found = depths(cfg.model.n_layers, ev.depths)
+        found = depths(cfg.model.n_layers, ev.depths, ev.every_depth_to)
+        model = load_run_config(cfg.run_dir).model
         tqdm.write(f"{cfg.run_dir}: evaluating at depths {', '.join(map(str, found))}")
         for depth in found:
             result = evaluate_checkpoint(cfg.run_dir, validation, depth=depth)
-            out[f"depth:{depth}"] = {k: result[k] for k in FIGURES}
+            out[f"depth:{depth}"] = {**{k: result[k] for k in FIGURES},
+                                     "flops_per_token": sum(forward_flops_per_token(model, cfg.data.seq_len,
+                                                                                    depth).values())}
     return out
 
 
-def depths(n_layers: int, factors: list[float]) -> list[int]:
-    """The distinct depths ``round(f * n_layers)`` (at least 1), in increasing order."""
-    return sorted({max(1, round(f * n_layers)) for f in factors})
+def depths(n_layers: int, factors: list[float], every_to: float | None = None) -> list[int]:
+    """The distinct depths ``round(f * n_layers)`` (at least 1), and with ``every_to`` every depth from 1 to
+    ``round(every_to * n_layers)``, in increasing order."""
+    every = range(1, round(every_to * n_layers) + 1) if every_to is not None else ()
+    return sorted({max(1, round(f * n_layers)) for f in factors} | set(every))
 
 
 def finish_run(run: Run, ev: Evaluation, memory: dict[str, float]) -> dict:

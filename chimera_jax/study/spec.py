@@ -47,6 +47,7 @@ class Evaluation:
     max_windows: int | None = 64  # non-overlapping windows of the run's seq_len scored per corpus
     corpora: list[str] = field(default_factory=list)  # every run (and HF baseline) scored on each
     depths: list[float] = field(default_factory=list)  # time-indexed arms re-run at round(f * n_layers) layers
+    every_depth_to: float | None = None  # and at every depth 1 .. round(f * n_layers) (3.0: up to 3L)
     hf_baselines: list[str] = field(default_factory=list)  # HF models (bridge), scored on each of corpora
 
 
@@ -76,6 +77,8 @@ class Study:
             for o in overrides:
                 if "=" not in o or o.startswith("-"):
                     raise ConfigError(f"{where}: override {o!r} must read section.field=value")
+        if self.evaluation.every_depth_to is not None and self.evaluation.every_depth_to <= 0:
+            raise ConfigError(f"evaluation.every_depth_to must be > 0, got {self.evaluation.every_depth_to}")
         if any(f <= 0 for f in self.evaluation.depths):
             raise ConfigError(f"evaluation.depths: factors of n_layers must be > 0, got {self.evaluation.depths}")
 
