@@ -97,3 +97,14 @@ def test_bad_depth_ranges_are_one_line_errors(time, n_layers, match):
         config(n_layers=n_layers, **time)
     with pytest.raises(ConfigError, match="needs model.time.enabled"):
         ModelConfig(time=TimeConfig(train_depth="uniform", depth_max=4))
+
+
+def test_training_flops_count_the_mean_drawn_depth():
+    from chimera_jax.bench.flops import forward_flops_per_token, train_flops_per_token
+
+    fixed = config(n_layers=6).model
+    drawn = config(n_layers=6, train_depth="uniform", depth_min=3, depth_max=12).model  # 7.5 layers on average
+    head = 3 * forward_flops_per_token(fixed, 16)["head"]
+    assert train_flops_per_token(drawn, 16) - head == pytest.approx(1.25 * (train_flops_per_token(fixed, 16) - head))
+    at_12 = forward_flops_per_token(fixed, 16, depth=12)
+    assert at_12 == {k: v if k == "head" else 2 * v for k, v in forward_flops_per_token(fixed, 16).items()}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chimera_jax.config import ModelConfig, MoEConfig, SSMConfig, TimeConfig
+from chimera_jax.config import ModelConfig, MoEConfig, TimeConfig
 from chimera_jax.models.attention import Attention, fused_attention, reference_attention
 from chimera_jax.models.builder import build_model
 from chimera_jax.models.layers import matmul
@@ -127,17 +127,17 @@ def test_scan_equals_unrolled_layers():
 
 MOE_EVERY_2 = dict(moe=MoEConfig(enabled=True, num_experts=4, top_k=2, d_ff=48, every=2))
 TI_SSM = dict(mixer="ssm", positions="none", time=TimeConfig(enabled=True))
-SSM_SEQUENTIAL = dict(mixer="ssm", positions="none", ssm=SSMConfig(scan="sequential"))
 # (family, execution-only overrides) on 4 layers, trained with dropout; options combine, so one compile checks
 # several (the MoE case unrolls all of its dense and MoE layers), and each family's reference is computed once.
+# The SSM's scan methods, also execution only, are checked against the sequential scan in values and every
+# gradient where they differ (tests/test_ssm.py), not here through a whole model again.
 EXECUTION_CASES = {
     "dense_unroll_2_remat_dots": ("dense", dict(scan_unroll=2, remat="dots")),
     "moe_every_2_unroll_4_remat_block": ("moe_every_2", dict(scan_unroll=4, remat="block")),
     "ti_ssm_unroll_2_remat_dots": ("ti_ssm", dict(scan_unroll=2, remat="dots")),
     "ti_ssm_loop_remat_block": ("ti_ssm", dict(scan_unroll=4, remat="block")),  # unrolled: a Python loop
-    "ssm_scan_chunked": ("ssm_sequential", dict(ssm=SSMConfig(scan="chunked", chunk=5))),
 }
-FAMILIES = {"dense": {}, "moe_every_2": MOE_EVERY_2, "ti_ssm": TI_SSM, "ssm_sequential": SSM_SEQUENTIAL}
+FAMILIES = {"dense": {}, "moe_every_2": MOE_EVERY_2, "ti_ssm": TI_SSM}
 
 
 def loss_and_grads(cfg):

@@ -267,7 +267,7 @@ def test_a_finished_run_leaves_no_compiled_code_mapped(tiny_config, tmp_path):
     """XLA:CPU maps each executable's code on its own; run after run in one process must not pile them up
     towards vm.max_map_count (where XLA's compiler crashed the test session)."""
     counts = []
-    for i in range(3):
+    for i in range(2):  # the first run maps what any run maps once (libraries, the allocator's arenas)
         train(tiny_config("--train.steps", "2", "--model.d_model", str(32 + 16 * i), run_dir=tmp_path / f"r{i}"))
         counts.append(_memory_maps())
-    assert counts[2] - counts[0] < 100, counts  # each tiny run compiles ~650 maps' worth of code
+    assert counts[1] - counts[0] < 100, counts  # each tiny run compiles ~650 maps' worth of code
