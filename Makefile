@@ -35,8 +35,9 @@ train: setup
 # Two pytest workers (xdist, whole files per worker): most of the suite's time is XLA compiling, one core each.
 # Each tests/multidevice file runs in a pytest process of its own with 8 host devices, started by the worker that
 # takes the file (tests/multidevice/conftest.py); the rest keeps one device per process.
+# Files run longest first (tests/conftest.py FILE_SECONDS), not xdist's most-tests-first.
 # --durations: the slowest tests, for keeping the suite inside CI's time budget.
-PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q -n 2 --dist loadfile
+PYTEST := $(PY) -m chimera_jax.malloc $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 test: setup-torch
 	$(PYTEST) --durations=15
 

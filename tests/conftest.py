@@ -37,6 +37,28 @@ for name, value in CACHE_SETTINGS.items():
 
 from chimera_jax.config import RunConfig, load_config  # noqa: E402
 
+# Seconds each file takes on the 2-core machine (rounded, from `make test`'s durations, 2026-12-08). Each pytest
+# worker takes whole files (--dist loadfile), in this order (--no-loadscope-reorder): the longest first, so the
+# session does not end with one worker running a long file alone. A file not listed counts as FILE_SECONDS_DEFAULT;
+# a stale figure costs only speed.
+FILE_SECONDS = {
+    "test_model.py": 130, "test_cli.py": 120, "test_decode.py": 120, "test_moe.py": 90, "test_hf_parity.py": 80,
+    "test_study.py": 80, "test_finetune.py": 70, "test_train.py": 65, "test_mesh.py": 60, "test_bench_train.py": 55,
+    "test_notebook.py": 55, "test_depth.py": 50, "test_time_indexed.py": 45, "test_generate_cli.py": 40,
+    "test_resume.py": 40, "test_eval.py": 30, "test_checkpoint.py": 30, "test_lm_eval.py": 30,
+    "test_long_context.py": 28, "test_ssm.py": 26, "test_data.py": 25, "test_expert_parallel.py": 24,
+    "test_two_process.py": 24, "test_cli_errors.py": 21, "test_attention.py": 20, "test_loss.py": 19,
+    "test_eval_parity.py": 18, "test_on_a_mesh.py": 18, "test_plot_experts.py": 17, "test_tokenizer.py": 15,
+    "test_bridge.py": 11, "test_config.py": 10,
+}
+FILE_SECONDS_DEFAULT = 20
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """The longest files first (FILE_SECONDS); within a file, the tests' own order."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, FILE_SECONDS_DEFAULT))
+
 
 @pytest.fixture(scope="session")
 def token_cache(tmp_path_factory) -> Path:
