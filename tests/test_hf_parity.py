@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from chimera_jax import data  # noqa: E402
-from chimera_jax.bridge.compare import evaluate_isolated, report  # noqa: E402
+from chimera_jax.bridge.compare import evaluate_isolated, evaluate_one, report  # noqa: E402
 from chimera_jax.bridge.convert import (  # noqa: E402
     config_from_hf,
     export,
@@ -170,7 +170,10 @@ def test_an_hf_folder_reads_the_text_through_its_own_tokenizer_and_joins_the_tab
     with pytest.raises(ValueError, match="seq_len 64 exceeds .*'s 32 learned positions"):
         evaluate_hf(str(folder), EvalProtocol(corpus="bbc_news", seq_len=64), repeats=0)
 
-    results = [evaluate_isolated(spec, protocol, repeats=1) for spec in (str(cfg.run_dir), str(folder), "no/such")]
+    # In this process, as compare's worker process runs them (tests/test_cli.py runs compare itself); the failure
+    # in a process of its own, as compare does.
+    results = [evaluate_one(str(cfg.run_dir), protocol, repeats=1), evaluate_one(str(folder), protocol, repeats=1),
+               evaluate_isolated("no/such", protocol, repeats=1)]
     assert "error" in results[2] and "error" not in results[0] and "error" not in results[1]
     assert results[0]["framework"] == "jax" and results[1]["framework"] == "torch"
     assert results[0]["trained_on"] == "in-domain (bbc_news)"

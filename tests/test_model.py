@@ -132,12 +132,11 @@ TI_SSM = dict(mixer="ssm", positions="none", time=TimeConfig(enabled=True))
 # The SSM's scan methods, also execution only, are checked against the sequential scan in values and every
 # gradient where they differ (tests/test_ssm.py), not here through a whole model again.
 EXECUTION_CASES = {
-    "dense_unroll_2_remat_dots": ("dense", dict(scan_unroll=2, remat="dots")),
-    "moe_every_2_unroll_4_remat_block": ("moe_every_2", dict(scan_unroll=4, remat="block")),
-    "ti_ssm_unroll_2_remat_dots": ("ti_ssm", dict(scan_unroll=2, remat="dots")),
-    "ti_ssm_loop_remat_block": ("ti_ssm", dict(scan_unroll=4, remat="block")),  # unrolled: a Python loop
+    "moe_every_2_unroll_4_remat_dots": ("moe_every_2", dict(scan_unroll=4, remat="dots")),  # dense and MoE layers
+    "ti_ssm_unroll_2_remat_block": ("ti_ssm", dict(scan_unroll=2, remat="block")),
+    "ti_ssm_loop_remat_dots": ("ti_ssm", dict(scan_unroll=4, remat="dots")),  # unrolled: a Python loop
 }
-FAMILIES = {"dense": {}, "moe_every_2": MOE_EVERY_2, "ti_ssm": TI_SSM}
+FAMILIES = {"moe_every_2": MOE_EVERY_2, "ti_ssm": TI_SSM}
 
 
 def loss_and_grads(cfg):

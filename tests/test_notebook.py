@@ -8,7 +8,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from chimera_jax.config import resolve_config
+from chimera_jax.train.checkpoint import Checkpointer
 from chimera_jax.train.loop import train
+from chimera_jax.train.optimizer import make_optimizer
+from chimera_jax.train.state import init_state
 
 pytestmark = pytest.mark.slow  # trains a run and executes the notebook
 
@@ -24,9 +28,11 @@ def test_modulation_notebook_runs_on_a_tiny_ti_ssm_checkpoint(tiny_config, monke
              "--train.checkpoint_every", "3")
     cfg = tiny_config(*flags)
     train(cfg)
-    across = tiny_config(*flags, "--model.time.train_depth", "uniform", "--model.time.depth_max", "4",
-                         run_dir=cfg.run_dir.parent / "across")
-    train(across)
+    # The run to compare with: initialised only (the section reads its config and weights, not its training)
+    across = resolve_config(tiny_config(*flags, "--model.time.train_depth", "uniform", "--model.time.depth_max", "4",
+                                        run_dir=cfg.run_dir.parent / "across"), 256)
+    with Checkpointer(across.run_dir) as ckpt:
+        ckpt.save(init_state(across, make_optimizer(across.optim, across.train.steps)), across)
     monkeypatch.setenv("CHIMERA_RUN_DIR", str(cfg.run_dir))
     monkeypatch.setenv("CHIMERA_COMPARE_RUN_DIR", str(across.run_dir))
     monkeypatch.setenv("CHIMERA_EVAL_WINDOWS", "4")

@@ -11,9 +11,11 @@ import pytest
 from scipy import stats
 
 from chimera_jax import data
+from chimera_jax.bench.flops import forward_flops_per_token, train_flops_per_token
 from chimera_jax.cli import experiment
 from chimera_jax.config import ConfigError
 from chimera_jax.study import runner
+from chimera_jax.train.checkpoint import load_run_config
 
 STUDY = """
 name: tiny
@@ -83,6 +85,13 @@ def test_smoke_study_resumes_a_killed_run_reports_its_runs_and_reruns_without_tr
             assert set(run["evals"]) == {"depth:1", "depth:2"}
             assert run["evals"]["depth:2"]["loss"] == pytest.approx(run["val_loss"], abs=1e-5)
     report = (out / "report.md").read_text()
+    shared = results["arms"]["shared"]
+    assert (f"| shared | {shared['depth:1/loss']['mean']:.4f} ± {shared['depth:1/loss']['std']:.4f} | "
+            f"{shared['depth:2/loss']['mean']:.4f} ± {shared['depth:2/loss']['std']:.4f} |") in report  # loss by depth
+    for (arm, _), run in runs.items():  # model FLOPs of the whole run: per token x steps x batch x seq_len
+        model = load_run_config(out / arm / "seed0").model
+        assert run["train_flops"] == train_flops_per_token(model, 16) * 4 * 2 * 16
+        assert run["flops_per_token"] == sum(forward_flops_per_token(model, 16).values())
     for arm in ("dense", "shared"):
         losses = [runs[arm, k]["val_loss"] for k in (0, 1)]
         summary = results["arms"][arm]["val_loss"]
