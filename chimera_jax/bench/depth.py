@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chimera_jax.bench.train import header, jax_row, random_batch, row_config
+from chimera_jax.bench.train import compiled_step, header, jax_row, row_config
 from chimera_jax.config import ConfigError, RunConfig, replace
 from chimera_jax.flags import parse_known
 from chimera_jax.markdown import table
@@ -53,22 +53,9 @@ class DepthBenchArgs:
 
 def masked_row(cfg: RunConfig, steps: int) -> dict:
     """The masked program: compile time, and ms per step by the depth each step drew."""
-    import equinox as eqx
     import jax
-    import jax.numpy as jnp
 
-    from chimera_jax.train.optimizer import lr_schedule, make_optimizer
-    from chimera_jax.train.state import init_state
-    from chimera_jax.train.step import make_train_step
-
-    optimizer = make_optimizer(cfg.optim, cfg.train.steps)
-    state = init_state(cfg, optimizer)
-    step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), donate=True)
-    program = eqx.filter_jit(lambda batch, s: step(s, *batch), donate="all-except-first")
-    batch = tuple(map(jnp.asarray, random_batch(cfg)))
-    start = time.perf_counter()
-    compiled = program.lower(batch, state).compile()
-    compile_s = time.perf_counter() - start
+    compiled, state, batch, compile_s = compiled_step(cfg)
     state, _ = jax.block_until_ready(compiled(batch, state))  # untimed, as every bucket's first step
     by_depth: dict[int, list[float]] = {}
     for _ in range(steps):

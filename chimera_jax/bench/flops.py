@@ -85,18 +85,13 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, depth: float | None 
     return parts
 
 
-def mean_train_depth(cfg: ModelConfig) -> float:
-    """The layers a train step runs on average: ``n_layers``, or the mean of a time-indexed model's drawn depths."""
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward and backward: three times the forward matrix products, at the mean depth a train step runs (a
+    time-indexed model trained at drawn depths: the mean of its draws)."""
     from chimera_jax.models.time_indexed import DepthSampler
 
     sampler = DepthSampler.of(cfg.time, cfg.n_layers)
-    return float(cfg.n_layers) if sampler is None else sampler.expected()
-
-
-def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Forward and backward: three times the forward matrix products, at the mean depth a train step runs."""
-    depth = mean_train_depth(cfg) if cfg.time.train_depth != "fixed" else None
-    return 3 * sum(forward_flops_per_token(cfg, seq_len, depth).values())
+    return 3 * sum(forward_flops_per_token(cfg, seq_len, None if sampler is None else sampler.expected()).values())
 
 
 def utilisation(cfg: ModelConfig, seq_len: int, tokens_per_s: float, peak: float) -> dict:

@@ -131,28 +131,36 @@ def random_batch(cfg: RunConfig, seed: int = 0):
 # Timing: ms per step, one untimed step, then --repeats timings of --steps consecutive steps
 
 
-def jax_row(cfg: RunConfig, repeats: int, steps: int) -> dict:
-    """Our train step on the row: parameters, compile time, step time and the compiled step's memory."""
+def compiled_step(cfg: RunConfig):
+    """``(compiled, state, batch, compile_s)``: the row's train step compiled ahead of time, its initial state and
+    a random batch. Compiled through one more jit that donates the state as the step does (XLA inlines the inner
+    one), so the compile is timed on its own and the executable reports its memory; ``compiled(batch, state)``
+    returns ``(state, metrics)``."""
     import equinox as eqx
-    import jax
     import jax.numpy as jnp
 
-    from chimera_jax.models.params import param_report
     from chimera_jax.train.optimizer import lr_schedule, make_optimizer
     from chimera_jax.train.state import init_state
     from chimera_jax.train.step import make_train_step
 
     optimizer = make_optimizer(cfg.optim, cfg.train.steps)
     state = init_state(cfg, optimizer)
-    params = param_report(state.model)["total"]
     step = make_train_step(cfg, optimizer, lr_schedule(cfg.optim, cfg.train.steps), donate=True)
-    # Compiled ahead of time through one more jit that donates the state as the step does (XLA inlines the
-    # inner one): the compile is timed on its own and the executable reports its memory.
     program = eqx.filter_jit(lambda batch, s: step(s, *batch), donate="all-except-first")
     batch = tuple(map(jnp.asarray, random_batch(cfg)))
     start = time.perf_counter()
     compiled = program.lower(batch, state).compile()
-    compile_s = time.perf_counter() - start
+    return compiled, state, batch, time.perf_counter() - start
+
+
+def jax_row(cfg: RunConfig, repeats: int, steps: int) -> dict:
+    """Our train step on the row: parameters, compile time, step time and the compiled step's memory."""
+    import jax
+
+    from chimera_jax.models.params import param_report
+
+    compiled, state, batch, compile_s = compiled_step(cfg)
+    params = param_report(state.model)["total"]
     memory = compiled.compiled.memory_analysis()
     mem = {name: getattr(memory, f"{name}_size_in_bytes") / 2**20
            for name in ("argument", "output", "alias", "temp", "generated_code")}

@@ -16,6 +16,7 @@ a resumed run, compiles the same programs, so only the first compile of each is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -95,7 +96,8 @@ def train_run(run: Run, memory: dict[str, float]) -> dict:
 def extra_evaluations(cfg: RunConfig, ev: Evaluation) -> dict:
     """``{"corpus:NAME": figures, "depth:D": figures}``: the run on other corpora, and a time-indexed run at
     other depths on the loop's validation windows (so its trained depth reproduces ``val_loss``)."""
-    from chimera_jax.runs.evaluate import evaluate_checkpoint
+    from chimera_jax.models.time_indexed import with_depth
+    from chimera_jax.runs.evaluate import evaluate_checkpoint, evaluate_loaded, load_run
 
     tc = cfg.train
     out = {}
@@ -108,13 +110,13 @@ def extra_evaluations(cfg: RunConfig, ev: Evaluation) -> dict:
         validation = EvalProtocol(split="validation", batch_size=tc.batch_size,
                                   max_windows=tc.eval_batches * tc.batch_size)
         found = depths(cfg.model.n_layers, ev.depths, ev.every_depth_to)
-        model = load_run_config(cfg.run_dir).model
         tqdm.write(f"{cfg.run_dir}: evaluating at depths {', '.join(map(str, found))}")
+        run = load_run(cfg.run_dir, validation)  # read once, run at each depth
         for depth in found:
-            result = evaluate_checkpoint(cfg.run_dir, validation, depth=depth)
+            result = evaluate_loaded(dataclasses.replace(run, depth=depth, model=with_depth(run.model, depth)))
             out[f"depth:{depth}"] = {**{k: result[k] for k in FIGURES},
-                                     "flops_per_token": sum(forward_flops_per_token(model, cfg.data.seq_len,
-                                                                                    depth).values())}
+                                     "flops_per_token": sum(forward_flops_per_token(run.config.model,
+                                                                                    cfg.data.seq_len, depth).values())}
     return out
 
 
